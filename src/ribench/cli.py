@@ -24,7 +24,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     spec = load_spec(a.spec) if a.spec else load_preset(a.preset)
     spec = spec.with_overrides(device=a.device, seeds=[a.seed] if a.seed is not None else None,
-                               trust_checkpoint=a.trust_checkpoint or None)
+                               trust_checkpoint=a.trust_checkpoint or None, threads=a.threads)
     return _execute(spec, Path(a.out or f"runs/{spec.name}"), a, retry_failed=False)
 
 
@@ -34,8 +34,8 @@ def _cmd_retry(a: argparse.Namespace) -> int:
     spec_path = Path(a.dir) / "spec.json"
     if not spec_path.is_file():
         raise RibenchError(f"{a.dir} holds no run (no spec.json); start one with `ribench run --out {a.dir}`")
-    return _execute(parse_spec(json.loads(spec_path.read_text()), source=str(spec_path)), Path(a.dir), a,
-                    retry_failed=True)
+    spec = parse_spec(json.loads(spec_path.read_text()), source=str(spec_path)).with_overrides(threads=a.threads)
+    return _execute(spec, Path(a.dir), a, retry_failed=True)
 
 
 def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
@@ -222,8 +222,8 @@ def _runner_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=["serial", "pool", "ray"], default="serial",
                    help="where cells run: in this process, in local worker processes, or on a Ray cluster")
     p.add_argument("--workers", type=int, default=2, help="worker processes (pool) or CPUs of a local Ray cluster")
-    p.add_argument("--threads", type=int, help="torch threads per cell (default: all cores for serial, "
-                                               "cores / workers otherwise); equal values give equal numbers")
+    p.add_argument("--threads", type=int, help="CPU threads every cell computes with (overrides the spec's "
+                                               "`threads`, default 1); the numbers depend on it, not on the runner")
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     p.add_argument("--retries", type=int, default=0, help="times a failing cell is retried before it is recorded failed")
     p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry, doubling each time")

@@ -10,6 +10,11 @@ or, without touching the package, through an entry point in the group
 register under the entry point's name, or by naming modules to import in the
 environment variable ``RIBENCH_PLUGINS`` (comma-separated), which worker processes of
 the pool and Ray runners inherit.
+
+Every component has a code **version** (``register_estimator("gbc", version="2")``, or a
+``version`` attribute of the registered object; default ``"1"``). It is part of the key of
+every cell that uses the component, so bumping it when the component's numbers change
+recomputes exactly the cells that depend on it.
 """
 
 from __future__ import annotations
@@ -31,15 +36,24 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
 
-    def register(self, name: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str | None = None, *, version: str | int | None = None) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name`` (default: its ``name`` attribute or
+        ``__name__``); ``version`` (if given) is stored as ``obj.version``."""
+
         def deco(obj: T) -> T:
             key = name or getattr(obj, "name", None) or obj.__name__  # type: ignore[attr-defined]
             if key in self._items and self._items[key] is not obj:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
+            if version is not None:
+                obj.version = str(version)  # type: ignore[attr-defined]
             self._items[key] = obj
             return obj
 
         return deco
+
+    def version(self, name: str) -> str:
+        """The code version of ``name`` (its ``version`` attribute; ``"1"`` if it has none)."""
+        return str(getattr(self.get(name), "version", "1"))
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:

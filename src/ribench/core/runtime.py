@@ -1,9 +1,11 @@
-"""Seeding and device choice."""
+"""Seeding, device choice and the thread count a cell runs with."""
 
 from __future__ import annotations
 
 import hashlib
 import random
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,3 +39,23 @@ def resolve_device(name: str | None = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "cuda was asked for but no CUDA device is available")
     return dev
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Run the block with exactly ``n`` intra-op threads in torch and in the BLAS/OpenMP
+    pools NumPy, SciPy and POT use; restore the previous settings after.
+
+    A cell's numbers depend on how many threads computed them (parallel reductions add in
+    another order), so the engine runs every cell under the spec's ``threads``, whichever
+    runner and however many workers (docs/results.md, "Reproducibility").
+    """
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        torch.set_num_threads(before)

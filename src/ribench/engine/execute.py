@@ -17,7 +17,7 @@ import torch
 
 from ..core.errors import RibenchError
 from ..core.registry import METHODS, MODELS
-from ..core.runtime import derive_seed, seed_everything
+from ..core.runtime import derive_seed, fixed_threads, seed_everything
 from ..core.types import Domain, Split, Suite
 from ..evaluate import evaluate, summarize
 from ..methods.base import AdaptContext, Ingredient, compute_features
@@ -69,9 +69,11 @@ class Workspace:
         self._remember(key, model)
 
     def run_cell(self, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
+        """Run ``cell`` with the spec's thread count, the same on every runner (its numbers depend on it)."""
         ws = self.with_corruptions([d for d in cell.deps if self._is_corrupt(d)]) if cell.kind in (
             "eval_pretrained", "evaluate") else self
-        return getattr(ws, f"_run_{cell.kind}")(cell, deps, progress)
+        with fixed_threads(self.spec.threads):
+            return getattr(ws, f"_run_{cell.kind}")(cell, deps, progress)
 
     def _is_corrupt(self, key: str) -> bool:
         return self.artifacts.has(key) and self.artifacts.metadata(key).get("corruption") is not None
@@ -346,8 +348,7 @@ def _analysis_metrics(ws: "Workspace", cell: Cell) -> dict[str, float]:
     out = {"otdd": otdd_splits(source, train, None, **kw), "otdd_features": otdd_splits(source, train, model, **kw)}
     g = torch.Generator().manual_seed(derive_seed("analysis", ws.spec.data_seed, task))
     sample = train.subset(torch.sort(torch.randperm(len(train), generator=g)[: cfg["max_samples"]]).values)
-    names = None if cfg["estimators"] == "all" else cfg["estimators"]
-    out.update(score_model(model, sample, names))
+    out.update(score_model(model, sample, list(cfg["estimators"])))  # plan.estimator_versions: name -> version
     return out
 
 

@@ -14,7 +14,12 @@ Cell kinds, in dependency order:
 
 A cell's key is the SHA-256 of its kind, its component's code version, its own config
 and its inputs' keys. Same config, same key; a changed config changes the key of that
-cell and of every cell downstream of it, and of nothing else.
+cell and of every cell downstream of it, and of nothing else. The code versions of the
+components a cell runs are part of it: a method's or a model's ``version``, a
+corruption's (``CORRUPTIONS.version``), the version of every estimator an analysis cell
+computes (and which ones: the resolved list, so a newly registered estimator runs) and
+of every attack an evaluate cell runs. Bump a component's version when its numbers
+change and exactly the cells that use it are recomputed.
 """
 
 from __future__ import annotations
@@ -29,10 +34,45 @@ from ..core.registry import METHODS, MODELS
 from ..models.pretrain import get_recipe
 from .spec import RunSpec
 
-EVAL_VERSION = "2"
-ANALYSIS_VERSION = "2"  # 2: one source sample and eps unit for every task
+EVAL_VERSION = "3"  # 3: mCE against the reference's errors at the evaluated severities; NaN metrics fail
+ANALYSIS_VERSION = "3"  # 2: one source sample and eps unit for every task; 3: OTDD's unbiased covariances
 CORRUPT_VERSION = "1"
-DIAGNOSE_VERSION = "1"
+DIAGNOSE_VERSION = "2"  # 2: RBF CKA's bandwidth from the median over all N^2 squared distances
+
+
+def _versioned(base: str, component: str) -> str:
+    """A cell version folding in its component's code version (``base`` alone for "1",
+    so cells of components never bumped keep their keys)."""
+    return base if component == "1" else f"{base}+{component}"
+
+
+def estimator_versions(spec: RunSpec) -> dict[str, str]:
+    """The analysis section's estimators, resolved (``"all"``: every registered one) -> version."""
+    from ..analysis.transferability import list_estimators
+    from ..core.registry import ESTIMATORS
+
+    names = list_estimators() if spec.analysis.estimators == "all" else list(spec.analysis.estimators)
+    out = {}
+    for n in names:
+        if n not in ESTIMATORS:
+            raise ConfigError("analysis.estimators", f"{n!r} is not a registered estimator; valid: "
+                              f"{', '.join(list_estimators())}")
+        out[n] = ESTIMATORS.version(n)
+    return out
+
+
+def attack_configs(spec: RunSpec) -> list[dict[str, Any]]:
+    """The spec's attacks as evaluate-cell config: names checked, code versions folded in."""
+    from ..evaluate.attacks import get_attack
+
+    out = []
+    for i, a in enumerate(spec.attacks):
+        try:
+            version = get_attack(a.name).version
+        except Exception as e:  # UnknownNameError: lists the registered attacks
+            raise ConfigError(f"attacks[{i}].name", str(e)) from None
+        out.append({**a.model_dump(), **({"version": version} if version != "1" else {})})
+    return out
 
 
 def corruption_cells(spec: RunSpec, suite_id: dict[str, Any]) -> list[Cell]:
@@ -49,7 +89,8 @@ def corruption_cells(spec: RunSpec, suite_id: dict[str, Any]) -> list[Cell]:
             raise ConfigError("corruptions.names", f"{n!r} matches no registered corruption")
         names += [x for x in found if x not in names]
     return [Cell("corrupt", {"suite": suite_id, "domain": c.domain, "corruption": n, "severity": s, "seed": c.seed,
-                             "subset": c.subset}, (), {"method": "corrupt", "task": f"{n}/{s}"}, version=CORRUPT_VERSION)
+                             "subset": c.subset}, (), {"method": "corrupt", "task": f"{n}/{s}"},
+                 version=_versioned(CORRUPT_VERSION, CORRUPTIONS.version(n)))
             for n in names for s in c.severities]
 
 
@@ -269,16 +310,17 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
     cells: list[Cell] = list(corrupt)
     ckeys = tuple(c.key for c in corrupt)
     pt = spec.pretrain.model_dump()
+    attacks = attack_configs(spec)
+    analysis = {**spec.analysis.model_dump(), "estimators": estimator_versions(spec)} if spec.analysis.enabled else {}
     for i, backbone in enumerate(spec.backbones):
         for base, p in _pretrain_cells(spec, backbone, outside.get(i), suite_id, pt):
-            attacks = [a.model_dump() for a in spec.attacks]
             e0 = Cell("eval_pretrained", {"suite": suite_id, "attacks": attacks}, (p.key, *ckeys),
                       {**base, "method": "pretrained"},
                       version=EVAL_VERSION)
             cells += [p, e0]
             if spec.analysis.enabled:
                 for task in task_names:
-                    cells.append(Cell("analysis", {"task": task, "analysis": spec.analysis.model_dump()}, (p.key,),
+                    cells.append(Cell("analysis", {"task": task, "analysis": analysis}, (p.key,),
                                       {**base, "method": "analysis", "task": task}, version=ANALYSIS_VERSION))
             index: dict[tuple, tuple[Cell, Cell]] = {}  # (method, task, seed) -> (adapt, evaluate)
             for seed in spec.seeds:

@@ -49,7 +49,7 @@ RUNNERS = ("serial", "pool", "ray")
 class RunOptions:
     runner: str = "serial"
     workers: int = 2
-    threads: int | None = None  # torch threads per cell; pool default: cores // workers
+    threads: int | None = None  # overrides the spec's `threads` (CPU threads every cell computes with)
     retries: int = 0
     backoff: float = 1.0  # seconds before the first retry, doubling each time
     retry_failed: bool = False  # rerun cells an earlier run recorded as failed
@@ -133,6 +133,8 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     """Run (or resume) ``spec`` with results in ``out_dir``; returns counts and failures."""
     opts = options or RunOptions(quiet=quiet)
     quiet = opts.quiet or quiet
+    if opts.threads:  # the same as the spec's `threads` (every runner computes each cell with it)
+        spec = spec.with_overrides(threads=opts.threads)
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,10 +154,9 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         eval_sets += list(corruptions)
     layout = {"pretrain": suite.pretrain.name, "tasks": list(suite.tasks), "eval_sets": eval_sets,
               "corruptions": corruptions}
-    threads = opts.threads or (max(1, (os.cpu_count() or 1) // opts.workers) if opts.runner != "serial" else None)
     store.record_run(spec.model_dump(), {**environment(device), "suite": layout, "runner": opts.runner,
-                                         "workers": str(opts.workers), "threads_per_cell": str(threads or "default")})
-    ctx = WorkerContext(spec.model_dump(), str(out.resolve()), str(device), threads)
+                                         "workers": str(opts.workers), "threads_per_cell": str(spec.threads)})
+    ctx = WorkerContext(spec.model_dump(), str(out.resolve()), str(device), spec.threads)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
     events("run_start", runner=opts.runner, workers=opts.workers, cells=len(cells), owner=owner)

@@ -17,6 +17,7 @@ Example (the ``quick`` preset)::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -29,7 +30,8 @@ from ..core.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf/nan are never a sensible setting (lr = inf trains nothing and fails far away)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MethodEntry(_Strict):
@@ -101,8 +103,11 @@ class DiagnosticsSpec(_Strict):
     knn_k: int = Field(10, gt=0, description="neighbours of the mutual k-NN alignment")
 
 
+RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
 class RunSpec(_Strict):
-    name: str = "run"
+    name: str = Field("run", description="the run's name; the default output folder is runs/<name>")
     suite: str = "digits"
     data_seed: int = Field(0, description="seed that builds the suite's data")
     suite_file: str | None = Field(None, description="TOML file whose [suite] table declares a user suite from "
@@ -115,9 +120,11 @@ class RunSpec(_Strict):
         min_length=1, description="registered model names, or tables for outside backbones (docs/backbones.md)")
     recipes: list[str] = Field(default_factory=lambda: ["narrow"], min_length=1)
     methods: list[MethodEntry] = Field(min_length=1)
-    tasks: Union[Literal["all"], list[str]] = "all"
+    tasks: Union[Literal["all"], list[str]] = Field("all", description='"all" or a non-empty list of task names')
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
+    threads: int = Field(1, ge=1, le=1024, description="CPU threads every cell computes with, on every runner; "
+                         "the numbers depend on it (docs/results.md, Reproducibility)")
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     attacks: list[AttackEntry] = Field(default_factory=list, description="adversarial evaluations of every model")
@@ -127,6 +134,21 @@ class RunSpec(_Strict):
 
     trust_checkpoint: bool = Field(False, description="unpickle full-pickle weights of outside backbones "
                                    "(can run code; the CLI's --trust-checkpoint)")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not re.fullmatch(RUN_NAME, v) or len(v) > 128:
+            raise ValueError(f"{v!r} is not a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..' "
+                             "at the start): it names the output folder runs/<name>")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _some_tasks(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError('names no task; list at least one, or write tasks = "all"')
+        return v
 
     @field_validator("suite_file", "data_root")
     @classmethod

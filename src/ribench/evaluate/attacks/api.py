@@ -44,6 +44,7 @@ class AttackSpec:
     label: str
     paper: str
     eps_arg: str = "eps"  # the keyword of ``fn`` that receives ``eps``
+    version: str = "1"  # code version, part of the key of every cell that runs the attack
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -56,10 +57,10 @@ ATTACKS: dict[str, AttackSpec] = {
                          "PGD-L2", "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks"),
     "apgd_ce": AttackSpec(apgd_ce, {"eps": 0.1, "steps": 100, "restarts": 1}, "linf", False, "APGD-CE",
                           "Croce & Hein 2020, Reliable Evaluation of Adversarial Robustness with an Ensemble of "
-                          "Diverse Parameter-free Attacks"),
+                          "Diverse Parameter-free Attacks", version="2"),
     "square_linf": AttackSpec(square_linf, {"eps": 0.1, "queries": 1000}, "linf", True, "Square-Linf",
                               "Andriushchenko et al. 2020, Square Attack: a Query-efficient Black-box Adversarial "
-                              "Attack via Random Search"),
+                              "Attack via Random Search", version="2"),
     "sparse_rs": AttackSpec(sparse_rs, {"eps": 10, "queries": 1000}, "l0", True, "Sparse-RS-L0",
                             "Croce et al. 2022, Sparse-RS: a Versatile Framework for Query-Efficient Sparse "
                             "Black-Box Adversarial Attacks", eps_arg="k"),
