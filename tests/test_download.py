@@ -6,97 +6,19 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tarfile
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from download_helpers import file as _file
+from download_helpers import registered, server  # noqa: F401  (fixtures)
+from download_helpers import sha as _sha
+from download_helpers import special as _device
+from download_helpers import symlink as _symlink
+from download_helpers import tar as _tar
 
 from ribench.cli import main
 from ribench.core.errors import DataError
 from ribench.data import download as D
-
-
-class _Server:
-    """Serves ``files`` (path -> bytes) with Range support; paths in ``cut`` send half their
-    bytes (while announcing the full length) then close, once each."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.cut: set[str] = set()
-        self.ranges: list[str | None] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                rng = self.headers.get("Range")
-                outer.ranges.append(rng)
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                self.send_response(206 if rng else 200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if self.path in outer.cut:
-                    outer.cut.discard(self.path)
-                    self.wfile.write(body[start:start + (len(body) - start) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server():
-    s = _Server()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def registered():
-    names = []
-
-    def reg(name, **kw):
-        D.register_dataset(name, replace=True, **kw)
-        names.append(name)
-
-    yield reg
-    for n in names:
-        D.unregister_dataset(n)
-
-
-def _sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
-def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    return tarfile.TarInfo(name), data
 
 
 def test_good_download_extracts_and_verifies(tmp_path, server, registered):
@@ -151,18 +73,6 @@ def test_dataset_without_sha256_is_never_verified(tmp_path, server, registered):
     st = D.get_dataset("nosha", root=tmp_path)
     assert st.state == "unverified" and "NOT verified" in st.messages[0]
     assert D.verify_dataset("nosha", root=tmp_path).state == "unverified"
-
-
-def _symlink(name, target):
-    i = tarfile.TarInfo(name)
-    i.type, i.linkname = tarfile.SYMTYPE, target
-    return i, None
-
-
-def _device(name):
-    i = tarfile.TarInfo(name)
-    i.type = tarfile.CHRTYPE
-    return i, None
 
 
 @pytest.mark.parametrize("members, reason", [

@@ -233,7 +233,8 @@ def _runner_arguments(p: argparse.ArgumentParser) -> None:
 def _cmd_data_get(a: argparse.Namespace) -> int:
     from .data.download import get_dataset
 
-    st = get_dataset(a.name, root=a.root, progress=None if a.quiet else (lambda s: print(f"  {s}", file=sys.stderr)))
+    st = get_dataset(a.name, root=a.root, allow_unverified=a.allow_unverified,
+                     progress=None if a.quiet else (lambda s: print(f"  {s}", file=sys.stderr)))
     if st.state == "manual":
         print(f"{a.name}: manual step needed ({st.folder}):")
     else:
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     dg.add_argument("name", help="a dataset of the registry (docs/datasets.md)")
     dg.add_argument("--root", help=root_help)
     dg.add_argument("--quiet", action="store_true")
+    dg.add_argument("--allow-unverified", action="store_true",
+                    help="extract archives that have no published checksum (their members are still checked)")
     dg.set_defaults(fn=_cmd_data_get)
     dv = dsub.add_parser("verify", help="check a downloaded dataset's files against their published SHA-256")
     dv.add_argument("name")
