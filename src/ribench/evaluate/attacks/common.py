@@ -30,7 +30,7 @@ from ..metrics import mask_logits
 Norm = Literal["linf", "l2"]
 Classifier = Callable[[torch.Tensor], torch.Tensor] | nn.Module
 ClassSubset = tuple[int, ...] | list[int] | None
-LOSSES = ("ce", "margin")
+LOSSES = ("ce", "margin", "dlr")
 
 
 def model_device(model: Classifier, fallback: torch.device) -> torch.device:
@@ -112,12 +112,39 @@ def fooled(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1) != y
 
 
+def dlr(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Difference of Logits Ratio loss per row [B] (Croce & Hein 2020, eq. 6), written as
+    ``dlr_loss`` of fra31/auto-attack computes it:
+    ``-(z_y - max_{j != y} z_j) / (z_(1) - z_(3) + 1e-12)`` with ``z_(i)`` the i-th largest logit.
+
+    Masked (-inf) classes sort last, so with at least three kept classes the three largest
+    logits are finite; ``check_loss`` refuses fewer.
+    """
+    z_sorted, ind_sorted = logits.sort(dim=1)
+    top_is_y = (ind_sorted[:, -1] == y).float()
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    return -(z_y - z_sorted[:, -2] * top_is_y - z_sorted[:, -1] * (1.0 - top_is_y)) / (
+        z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
+
+
+def check_loss(name: str, loss: str, num_classes: int | None = None) -> str:
+    """``loss`` if it is one of ``LOSSES`` (and, for "dlr", ``num_classes`` >= 3), else ConfigError."""
+    if loss not in LOSSES:
+        raise ConfigError(f"{name}.loss", f"must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if loss == "dlr" and num_classes is not None and num_classes < 3:
+        raise ConfigError(f"{name}.loss", f"'dlr' reads the third largest logit: it needs at least 3 classes "
+                                          f"(after class_subset), got {num_classes}")
+    return loss
+
+
 def loss_per_example(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
-    """Loss the attacker maximises, per example [B]: cross-entropy or the negative margin."""
+    """Loss the attacker maximises, per example [B]: cross-entropy, the negative margin or DLR."""
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
     if loss == "margin":
         return -margin(logits, y)
+    if loss == "dlr":
+        return dlr(logits, y)
     raise ConfigError("loss", f"must be one of {', '.join(LOSSES)}, got {loss!r}")
 
 
@@ -153,14 +180,17 @@ def _per_example(v: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | 
 
 
 def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
-    """Steepest-ascent direction of unit norm: sign(g) for Linf, g / ||g||_2 for L2."""
+    """PGD's step direction, as MadryLab/robustness (``attack_steps.py``) computes it:
+    sign(g) for Linf, ``g / (||g||_2 + 1e-10)`` for L2."""
     if norm == "linf":
         return grad.sign()
-    return grad / _per_example(flat_norm(grad, 2).clamp_min(1e-12), grad)
+    return grad / _per_example(flat_norm(grad, 2) + 1e-10, grad)
 
 
 def project(x0: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.Tensor:
-    """Project ``x`` onto {||x - x0|| <= eps} ∩ [0, 1]^d.
+    """Project ``x`` onto {||x - x0|| <= eps} ∩ [0, 1]^d as MadryLab/robustness does:
+    Linf clamps ``x - x0`` to [-eps, eps]; L2 rescales it by ``eps / (||x - x0||_2 + 1e-7)``
+    where its norm exceeds eps (``torch.renorm``); then ``x0 + delta`` is clamped to [0, 1].
 
     Clamping to [0, 1] after the ball projection keeps the point in the ball: every
     coordinate of x - x0 only shrinks in magnitude, since x0 itself lies in [0, 1].
@@ -169,8 +199,7 @@ def project(x0: torch.Tensor, x: torch.Tensor, eps: float, norm: Norm) -> torch.
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     elif norm == "l2":
-        scale = (eps / flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
-        delta = delta * _per_example(scale, delta)
+        delta = delta.renorm(p=2, dim=0, maxnorm=eps)
     else:
         raise ConfigError("norm", f"must be 'linf' or 'l2', got {norm!r}")
     return (x0 + delta).clamp_(0.0, 1.0)
@@ -187,17 +216,15 @@ def randn(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
-def random_in_ball(x0: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform random point of the eps-ball around ``x0``, clamped to [0, 1]."""
+def random_start_point(x0: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> torch.Tensor:
+    """PGD's random start, as MadryLab/robustness draws it (``random_perturb``), clamped to [0, 1]:
+    Linf: ``x0 + 2 (u - 0.5) eps``, u uniform in [0, 1) per coordinate (Madry et al.'s
+    ``uniform(-eps, eps)``); L2: ``x0 + eps r / (||r||_2 + 1e-10)``, r standard normal
+    (a uniform point of the sphere of radius eps)."""
     if norm == "linf":
-        delta = (2 * rand(tuple(x0.shape), generator, x0.device) - 1) * eps
-    else:
-        d = x0[0].numel()
-        direction = randn(tuple(x0.shape), generator, x0.device)
-        direction = direction / _per_example(flat_norm(direction, 2).clamp_min(1e-12), direction)
-        radius = eps * rand((len(x0),), generator, x0.device) ** (1.0 / d)
-        delta = direction * _per_example(radius, direction)
-    return project(x0, x0 + delta, eps, norm)
+        return (x0 + 2 * (rand(tuple(x0.shape), generator, x0.device) - 0.5) * eps).clamp(0.0, 1.0)
+    r = randn(tuple(x0.shape), generator, x0.device)
+    return (x0 + eps * r / _per_example(flat_norm(r, 2) + 1e-10, r)).clamp(0.0, 1.0)
 
 
 class Best:
