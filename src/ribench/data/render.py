@@ -75,9 +75,10 @@ def bounding_boxes(images: torch.Tensor, threshold: float = 0.0) -> torch.Tensor
     return torch.stack([x0, y0, x1, y1], dim=1).float()
 
 
-def fit_theta(boxes: torch.Tensor, in_hw: tuple[int, int], out_size: int = IMAGE_SIZE, box: int = DIGIT_BOX) -> torch.Tensor:
-    """``[N, 3, 3]`` maps that scale each box (aspect kept) to ``box`` px and centre it
-    in a square ``out_size`` canvas."""
+def fit_theta(boxes: torch.Tensor, in_hw: tuple[int, int], out_size: int = IMAGE_SIZE,
+              box: float | torch.Tensor = DIGIT_BOX) -> torch.Tensor:
+    """``[N, 3, 3]`` maps that scale each box (aspect kept) to ``box`` px (a number, or one
+    per box as float ``[N]``) and centre it in a square ``out_size`` canvas."""
     h, w = in_hw
     x0, y0, x1, y1 = boxes.unbind(1)
     extent = torch.maximum(x1 - x0, y1 - y0).clamp_min(1.0)
@@ -196,12 +197,15 @@ def render_digits(
     shear: float = 0.3,
     scale: tuple[float, float] = (0.8, 1.05),
     shift: float = 1.5,
+    size: int = IMAGE_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n_per_class`` rendered samples of each digit, shuffled.
 
-    Returns ``(uint8 [10 * n_per_class, 1, 28, 28], int64 [10 * n_per_class])``. Each
+    Returns ``(uint8 [10 * n_per_class, 1, size, size], int64 [10 * n_per_class])``. Each
     sample draws a font from ``fonts``, a stroke width from ``STROKES`` and a random
-    affine warp (see ``random_affine_theta``; rotation in degrees, shift in pixels).
+    affine warp (see ``random_affine_theta``; rotation in degrees, shift in pixels of a
+    28-px frame). ``size`` renders the same samples at another resolution (the digit box
+    stays ``DIGIT_BOX / IMAGE_SIZE`` of the frame).
     """
     g = torch.Generator().manual_seed(seed)
     n = 10 * n_per_class
@@ -212,11 +216,12 @@ def render_digits(
 
     atlas = glyph_atlas(tuple(fonts))
     boxes = bounding_boxes(atlas.view(-1, 1, GLYPH_CANVAS, GLYPH_CANVAS)).view(*atlas.shape[:3], 4)
-    theta = fit_theta(boxes[font_idx, stroke_idx, labels], (GLYPH_CANVAS, GLYPH_CANVAS)) @ warp
+    box = DIGIT_BOX * size / IMAGE_SIZE
+    theta = fit_theta(boxes[font_idx, stroke_idx, labels], (GLYPH_CANVAS, GLYPH_CANVAS), size, box) @ warp
 
-    images = torch.empty(n, 1, IMAGE_SIZE, IMAGE_SIZE, dtype=torch.uint8)
+    images = torch.empty(n, 1, size, size, dtype=torch.uint8)
     for start in range(0, n, CHUNK):
         sl = slice(start, start + CHUNK)
         glyphs = atlas[font_idx[sl], stroke_idx[sl], labels[sl]].unsqueeze(1).float()
-        images[sl] = to_uint8(affine_warp(glyphs, theta[sl], (IMAGE_SIZE, IMAGE_SIZE), SUPERSAMPLE))
+        images[sl] = to_uint8(affine_warp(glyphs, theta[sl], (size, size), SUPERSAMPLE))
     return images, labels
