@@ -131,7 +131,8 @@ def test_greedy_soup_never_lowers_held_out_accuracy(tiny, pretrained, finetuned)
 
 # --------------------------------------------------------------------------- TIES kernels
 def naive_ties(vectors, density, scope):
-    """TIES written out entry by entry over plain Python lists (ties kept in index order)."""
+    """TIES with ``trim="exact"`` written out entry by entry over plain Python lists (exactly k
+    kept, ties in index order; a zero mass takes the majority sign, as the reference)."""
     names = list(vectors[0])
     flat = [[float(x) for n in names for x in v[n].flatten()] for v in vectors]
     sizes = [vectors[0][n].numel() for n in names]
@@ -147,12 +148,17 @@ def naive_ties(vectors, density, scope):
             for i in ranked[:k]:
                 keep[i] = True
         trimmed.append([x if kp else 0.0 for x, kp in zip(f, keep)])
-    merged = []
+    signs = []
     for j in range(len(flat[0])):
         total = sum(t[j] for t in trimmed)
-        sign = (total > 0) - (total < 0)
-        agree = [t[j] for t in trimmed if t[j] != 0 and ((t[j] > 0) - (t[j] < 0)) == sign]
-        merged.append(sum(agree) / len(agree) if agree and sign != 0 else 0.0)
+        signs.append((total > 0) - (total < 0))
+    balance = sum(signs)
+    majority = (balance > 0) - (balance < 0)
+    merged = []
+    for j, sign in enumerate(signs):
+        sign = sign if sign != 0 else majority
+        agree = [t[j] for t in trimmed if (t[j] > 0 if sign > 0 else t[j] < 0)]
+        merged.append(sum(agree) / len(agree) if agree else 0.0)
     out = {}
     for i, n in enumerate(names):
         out[n] = torch.tensor(merged[bounds[i]:bounds[i + 1]], dtype=torch.float64).view(vectors[0][n].shape)
@@ -161,7 +167,7 @@ def naive_ties(vectors, density, scope):
 
 @pytest.mark.parametrize("scope", ["global", "tensor"])
 @pytest.mark.parametrize("density", [0.2, 0.5])
-def test_ties_matches_a_naive_loop(scope, density):
+def test_ties_exact_trim_matches_a_naive_loop(scope, density):
     g = torch.Generator().manual_seed(3)
     vectors = []
     for _ in range(3):
@@ -169,7 +175,7 @@ def test_ties_matches_a_naive_loop(scope, density):
         vectors.append({"a": torch.randint(-4, 5, (4, 5), generator=g).double(),
                         "b": torch.randint(-4, 5, (7,), generator=g).double() * 0.5,
                         "c": torch.randn(3, 2, generator=g).double()})
-    got = dict(merging.ties(vectors, density, scope))
+    got = dict(merging.ties(vectors, density, scope, trim="exact"))
     ref = naive_ties(vectors, density, scope)
     for n in ref:
         torch.testing.assert_close(got[n], ref[n], rtol=0, atol=1e-12)
@@ -290,10 +296,12 @@ def test_dawin_of_identical_models_is_that_model(tiny, tmp_path):
     torch.testing.assert_close(outputs(back, x), outputs(m, x), rtol=0, atol=1e-6)
 
 
-def test_dawin_interpolates_per_sample_by_entropy_ratio(tiny, tmp_path):
+def test_dawin_entropy_ratio_option_interpolates_per_sample_by_h0_over_h0_plus_h1(tiny, tmp_path):
+    # the named option; the default (the reference's) is in test_conformance_methods.py
     m0, m1 = small_model(0), small_model(1)
     x = tiny.tasks["t2"].test.images[:12]
-    model = METHODS.create("dawin").adapt(m0, tiny.tasks["t2"], ctx_for(tiny, "t2", inputs={"ft": m1}))
+    model = METHODS.create("dawin", expertise="entropy_ratio").adapt(m0, tiny.tasks["t2"],
+                                                                      ctx_for(tiny, "t2", inputs={"ft": m1}))
     got = outputs(model, x)
 
     def entropy(logits):

@@ -8,23 +8,38 @@ lazy (``SafetensorsMapping`` reads one tensor per lookup from a memory-mapped fi
 - Task arithmetic (Ilharco et al., ICLR 2023, "Editing Models with Task Arithmetic"):
   ``tau = sum_t tau_t`` (``task_sum``).
 - TIES merging (Yadav et al., NeurIPS 2023, "TIES-Merging: Resolving Interference When
-  Merging Models") (``ties``): *trim* each task vector to its k largest magnitudes,
-  k = floor(density * size), over the whole vector (``scope="global"``, the paper's
-  choice) or per tensor (``scope="tensor"``); *elect* per entry the sign of the total
-  mass sum_t trimmed_t; *disjoint mean*: the mean over the tasks whose trimmed value is
-  non-zero and has the elected sign (0 where none has).
+  Merging Models"; github.com/prateeky2806/ties-merging, ``src/utils/merge_utils.py``)
+  (``ties``): *trim* each task vector over the whole vector (``scope="global"``, the
+  reference) or per tensor (``scope="tensor"``). ``trim="kthvalue"`` (the reference's
+  ``topk_values_mask``): with d entries and k = floor(density * d), keep every entry whose
+  magnitude is >= the (d - k)-th smallest magnitude, i.e. >= the (k + 1)-th largest --
+  k + 1 entries, and every tie at that threshold (density 1 keeps everything).
+  ``trim="exact"``: exactly k entries, ties at the threshold broken by position (tensors
+  in ``names`` order, then row-major), as a stable descending sort of the concatenation.
+  *Elect* per entry the sign of the total mass sum_t trimmed_t; where that sum is 0 the
+  entry takes the *majority sign*, the sign of (number of entries elected + minus number
+  elected -) over the whole merge (the reference's ``resolve_zero_signs``), which needs
+  one extra streaming pass. *Disjoint mean*: the mean over the tasks whose trimmed value
+  agrees with the elected sign -- > 0 where it is +1, < 0 where it is -1 or 0 (the
+  reference's ``torch.where(sign > 0, t > 0, t < 0)``; a 0 sign is left only when the
+  majority itself is 0) -- and 0 where none agrees.
 - Fisher-weighted averaging (Matena & Raffel, NeurIPS 2022, "Merging Models with Fisher-
-  Weighted Averaging") (``fisher_average``): theta = sum_i w_i F_i theta_i / sum_i w_i F_i.
+  Weighted Averaging"; github.com/mmatena/model_merging, ``model_merging/merging.py``)
+  (``fisher_average``): theta = sum_i c_i F'_i theta_i / sum_i c_i F'_i with
+  F'_i = max(F_i, floor) and c_i = w_i / ||F_i||_2 (the reference's defaults
+  ``fisher_floor`` 1e-6, ``normalize_fishers``). The reference floors only its target
+  model's Fisher (``favor_target_model``); a merge here has no target, so every Fisher is
+  floored.
 
-Exact global top-k without materialising the vector (``global_topk``): magnitudes are
-float32; the int32 bit pattern of a non-negative float32 orders like its value. Pass 1
-histograms the high 16 bits of every entry (``torch.bincount``, 32,768 bins) and finds
-the bin holding the k-th largest; pass 2 histograms the low 16 bits of the entries in
-that bin, giving the exact k-th largest value T. Entries > T are kept, and of those
-equal to T the first (k - #greater) in tensor order (the ``names`` order, then
-row-major) -- the same set a stable descending sort of the concatenation keeps. The
-reference code (github.com/prateeky2806/ties-merging) thresholds with ``kthvalue`` and
-keeps every tie (so it may keep more than k); here exactly k are kept.
+The global threshold is found without materialising the vector (``global_topk``):
+magnitudes are float32; the int32 bit pattern of a non-negative float32 orders like its
+value. Pass 1 histograms the high 16 bits of every entry (``torch.bincount``, 32,768
+bins) and finds the bin holding the k-th largest; pass 2 histograms the low 16 bits of
+the entries in that bin, giving the exact k-th largest value T. Entries > T are kept,
+and of those equal to T the first (k - #greater) in tensor order (``trim="exact"``) or
+all of them (``trim="kthvalue"``, called with k + 1). Magnitudes compared as float32
+order the entries as the reference's float32 task vectors do: the float64 delta of two
+float32 weights rounds to the float32 difference.
 
 No library is used: the merging libraries (mergekit, PEFT's ``merge_utils``) work on
 whole tensors or whole models in memory and trim per tensor only.
@@ -178,12 +193,26 @@ def task_sum(vectors: Sequence[TaskVector], names: Sequence[str] | None = None) 
         yield n, acc
 
 
-def trim_thresholds(vectors: Sequence[TaskVector], names: Sequence[str], density: float) -> list[Threshold]:
-    """Per task vector, the global top-k threshold with k = floor(density * its size)."""
+TRIMS = ("kthvalue", "exact")
+_ALL_TIES = 1 << 62
+
+
+def _threshold(chunks: Callable[[], Iterable[torch.Tensor]], size: int, density: float, trim: str) -> Threshold:
+    """The trim threshold of one vector (or tensor) of ``size`` entries (module docstring)."""
+    k = int(density * size)
+    if trim == "exact":
+        return global_topk(chunks, k)
+    th = global_topk(chunks, k + 1)  # the (k + 1)-th largest = the (size - k)-th smallest
+    return th if th.keep_none or th.bits < 0 else Threshold(th.bits, _ALL_TIES)
+
+
+def trim_thresholds(vectors: Sequence[TaskVector], names: Sequence[str], density: float,
+                    trim: str = "kthvalue") -> list[Threshold]:
+    """Per task vector, its global trim threshold over the entries ``names``."""
     out = []
     for v in vectors:
         size = sum(v[n].numel() for n in names)
-        out.append(global_topk(lambda v=v: (v[n] for n in names), int(density * size)))
+        out.append(_threshold(lambda v=v: (v[n] for n in names), size, density, trim))
     return out
 
 
@@ -196,53 +225,84 @@ def _ordered_sum(stacked: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-def elect_disjoint_mean(trimmed: torch.Tensor) -> torch.Tensor:
-    """[K, ...] trimmed task vectors -> the elected-sign disjoint mean [...]."""
+def elect_disjoint_mean(trimmed: torch.Tensor, zero_sign: float = 0.0) -> torch.Tensor:
+    """[K, ...] trimmed task vectors -> the elected-sign disjoint mean [...].
+
+    The elected sign is sign(sum_t trimmed_t), ``zero_sign`` where that sum is 0; an entry
+    of task t agrees when it is > 0 under sign +1, < 0 under sign -1 or 0."""
     zero = torch.zeros((), dtype=trimmed.dtype, device=trimmed.device)
     sign = torch.sign(_ordered_sum(trimmed))
-    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    sign = torch.where(sign == 0, torch.full_like(sign, zero_sign), sign)
+    agree = torch.where(sign > 0, trimmed > 0, trimmed < 0)
     count = agree.sum(0)
     total = _ordered_sum(torch.where(agree, trimmed, zero))
     return torch.where(count > 0, total / count.clamp(min=1), zero)
 
 
 def ties(vectors: Sequence[TaskVector], density: float = 0.2, scope: str = "global",
-         names: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, merged tau[name]) of TIES merging, one tensor at a time (module docstring)."""
+         names: Sequence[str] | None = None, trim: str = "kthvalue") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, merged tau[name]) of TIES merging, one tensor at a time (module docstring).
+
+    Three streaming passes over the vectors: thresholds (two reads when ``scope`` is
+    global), the majority sign, the merge."""
     if not 0.0 <= density <= 1.0:
         raise ConfigError("density", f"must be in [0, 1], got {density}")
     if scope not in ("global", "tensor"):
         raise ConfigError("scope", f"must be 'global' or 'tensor', got {scope!r}")
+    if trim not in TRIMS:
+        raise ConfigError("trim", f"must be one of {', '.join(TRIMS)}, got {trim!r}")
     names = _check(vectors, names)
-    trimmers = [Trimmer(th) for th in trim_thresholds(vectors, names, density)] if scope == "global" else None
-    for n in names:
-        parts = []
-        for i, v in enumerate(vectors):
-            t = v[n]
-            if trimmers is not None:
-                m = trimmers[i].mask(t)
-            else:
-                m = Trimmer(global_topk(lambda t=t: [t], int(density * t.numel()))).mask(t)
-            parts.append(torch.where(m, t, torch.zeros((), dtype=t.dtype, device=t.device)))
-        yield n, elect_disjoint_mean(torch.stack(parts))
+    thresholds = trim_thresholds(vectors, names, density, trim) if scope == "global" else None
+
+    def trimmed_tensors() -> Iterator[tuple[str, torch.Tensor]]:
+        trimmers = [Trimmer(th) for th in thresholds] if thresholds is not None else None
+        for n in names:
+            parts = []
+            for i, v in enumerate(vectors):
+                t = v[n]
+                if trimmers is not None:
+                    m = trimmers[i].mask(t)
+                else:
+                    m = Trimmer(_threshold(lambda t=t: [t], t.numel(), density, trim)).mask(t)
+                parts.append(torch.where(m, t, torch.zeros((), dtype=t.dtype, device=t.device)))
+            yield n, torch.stack(parts)
+
+    balance = 0
+    for _, stacked in trimmed_tensors():
+        balance += int(torch.sign(_ordered_sum(stacked)).sum())
+    majority = float((balance > 0) - (balance < 0))
+    for n, stacked in trimmed_tensors():
+        yield n, elect_disjoint_mean(stacked, majority)
 
 
 def fisher_average(params: Sequence[TaskVector], fishers: Sequence[TaskVector], weights: Sequence[float] | None = None,
-                   floor: float = 1e-6, names: Sequence[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, sum_i w_i (F_i + floor) theta_i / sum_i w_i (F_i + floor)), one tensor at a time.
+                   floor: float = 1e-6, names: Sequence[str] | None = None,
+                   normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, sum_i c_i max(F_i, floor) theta_i / sum_i c_i max(F_i, floor)), one tensor at a time.
 
-    ``floor`` keeps the denominator positive where every Fisher is 0 (there the result
-    is the weighted plain average)."""
+    ``weights`` w_i (default uniform); ``normalize``: c_i = w_i / ||F_i||_2 with the norm
+    over every entry of Fisher i (the reference's ``normalize_fishers``), else c_i = w_i.
+    ``floor`` keeps the denominator positive where every Fisher is 0 (there the result is
+    the c-weighted plain average). Entries without a Fisher (buffers) are the w-weighted
+    plain average."""
     names = _check(params, names)
     if len(fishers) != len(params):
         raise DataError(f"{len(params)} models but {len(fishers)} Fishers")
     w = list(weights) if weights is not None else [1.0] * len(params)
     if len(w) != len(params) or any(x < 0 for x in w) or sum(w) <= 0:
         raise ConfigError("weights", "need one non-negative weight per model, not all zero")
+    c = list(w)
+    if normalize:
+        for i, f in enumerate(fishers):
+            norm = float(sum(float(f[k].double().square().sum()) for k in f) ** 0.5)
+            if not norm > 0 or norm == float("inf"):
+                raise DataError(f"the Fisher of model {i} has norm {norm}: it cannot be normalised "
+                                "(pass normalize=False)")
+            c[i] = w[i] / norm
     for n in names:
         num = den = None
-        for wi, p, f in zip(w, params, fishers):
-            fi = wi * (f[n].to(p[n].dtype) + floor) if n in f else torch.full_like(p[n], wi * floor)
+        for wi, ci, p, f in zip(w, c, params, fishers):
+            fi = ci * f[n].to(p[n].dtype).clamp(min=floor) if n in f else torch.full_like(p[n], wi)
             num = fi * p[n] if num is None else num + fi * p[n]
             den = fi if den is None else den + fi
         yield n, num / den

@@ -8,25 +8,31 @@ pretrained model m0 in weight space; none trains the network's weights itself.
   validation part over a grid; the evaluate cell also evaluates the whole curve.
 - ``soup_uniform`` / ``soup_greedy`` (Wortsman et al., ICML 2022, "Model soups"): the
   average of models fine-tuned with different seeds (and optionally hyperparameters);
-  the greedy soup adds ingredients in order of held-out accuracy, each only if the
-  held-out accuracy of the soup strictly improves.
+  the greedy soup adds ingredients in order of held-out accuracy (equal ones in reverse
+  ingredient order, as the reference's sort), each only if the held-out accuracy of the
+  soup strictly improves.
 - ``task_arithmetic`` (Ilharco et al., ICLR 2023, "Editing Models with Task
   Arithmetic"): ``add``: theta_0 + lambda sum_t tau_t over the run's tasks, lambda
   selected on their validation parts; ``negate``: theta_0 - lambda tau_task with the
-  largest lambda that keeps >= 95% of m0's accuracy on a control task (the pretraining
-  sample).
-- ``ties`` (Yadav et al., NeurIPS 2023): trim, elect sign, disjoint mean
-  (``ribench.methods.merging``), coefficient selected on validation.
+  lambda giving the lowest accuracy on the task's validation part among those that keep
+  >= 95% of m0's accuracy on a control task (the pretraining sample).
+- ``ties`` (Yadav et al., NeurIPS 2023): trim, elect sign (majority sign where the mass is
+  0), disjoint mean (``ribench.methods.merging``), coefficient from the reference's grid
+  0.8..2.5 selected on the tasks' validation parts.
 - ``fisher_merge`` (Matena & Raffel, NeurIPS 2022): the average of the fine-tuned models
-  weighted by each one's diagonal Fisher on its own task's training part.
+  weighted by each one's diagonal Fisher on its own task's training part, floored and
+  normalised to unit norm as the reference code (``merging.fisher_average``).
 - ``atlas`` (Zhang et al., NeurIPS 2024, "Knowledge Composition using Task Vectors with
   Learned Anisotropic Scaling"): one coefficient per (task vector, parameter tensor),
   learned on the tasks' validation parts through ``torch.func.functional_call``.
 - ``dawin`` (Oh et al., ICLR 2025, "DaWin: Training-free Dynamic Weight Interpolation for
-  Robust Adaptation"): per sample, lambda(x) = H_0(x) / (H_0(x) + H_ft(x)) from the
-  prediction entropies of m0 and the fine-tuned model, and the prediction of
-  theta_0 + lambda(x) (theta_ft - theta_0). The result is a ``DaWinModel`` (registered
-  model ``dawin``) holding both models, saved and loaded like any other model.
+  Robust Adaptation"; github.com/naver-ai/dawin, ``dawin_rft/main_dawin.py``): per sample,
+  lambda(x) = exp(-H_ft(x)) / (exp(-H_0(x)) + exp(-H_ft(x))) from the prediction
+  entropies (nats) of m0 and the fine-tuned model (the reference's default expertise
+  ``negexp_ent_ratio``, without offset adjustment or mixture model, as its defaults), and
+  the prediction of theta_0 + lambda(x) (theta_ft - theta_0). ``expertise="entropy_ratio"``
+  gives lambda = H_0 / (H_0 + H_ft). The result is a ``DaWinModel`` (registered model
+  ``dawin``) holding both models, saved and loaded like any other model.
 
 Task vectors come from ``ribench.analysis.weightspace.task_vector`` (float64 deltas);
 the merged weights are cast back to each entry's dtype. Candidate weights are scored
@@ -249,12 +255,15 @@ class GreedySoup(_Soup):
     """Greedy model soup: add ingredients by held-out accuracy while it strictly improves."""
 
     name = "soup_greedy"
+    version = "2"  # 2: ingredients of equal held-out accuracy tried in reverse order, as the reference
 
     def adapt(self, pretrained: Model, task: Domain, ctx: AdaptContext) -> Model:
         found = self._ingredients(task, ctx)
         states = [_state(m) for _, m in found]
         accs = [_accuracy(pretrained, s, ctx.val) for s in states]
-        order = sorted(range(len(states)), key=lambda i: (-accs[i], i))
+        # descending accuracy; equal accuracies in reverse ingredient order (the reference's
+        # ascending stable sort, then reverse())
+        order = sorted(range(len(states)), key=lambda i: accs[i])[::-1]
         chosen = [order[0]]
         best = accs[order[0]]
         for i in order[1:]:
@@ -295,6 +304,9 @@ class TaskArithmetic(Method):
     """Task arithmetic: add every task's vector, or negate this task's (module docstring)."""
 
     name = "task_arithmetic"
+    # 2: negate picks the lowest target accuracy among the coefficients keeping the control (was the largest
+    #    such coefficient); add is unchanged
+    version = "2"
     requires = ("ft",)
     Config = TaskArithmeticConfig
 
@@ -318,9 +330,15 @@ class TaskArithmetic(Method):
         base = _state(pretrained)
         control = ctx.pretrain_sample
         floor = self.config.control_fraction * _accuracy(pretrained, None, control)
-        ok = [c for c in sorted(self.config.coefficients) if _accuracy(pretrained, _apply(base, tv, -c), control) >= floor]
-        lam = max(ok) if ok else 0.0
-        ctx.info.update(coefficient=lam, control_floor=floor)
+        lam, target_acc = 0.0, None
+        for c in sorted(self.config.coefficients):  # the lowest target accuracy that keeps the control
+            state = _apply(base, tv, -c)
+            if _accuracy(pretrained, state, control) < floor:
+                continue
+            acc = _accuracy(pretrained, state, ctx.val)
+            if target_acc is None or acc < target_acc:
+                lam, target_acc = c, acc
+        ctx.info.update(coefficient=lam, control_floor=floor, target_val_acc=target_acc)
         return _model_with(pretrained, _apply(base, tv, -lam))
 
 
@@ -329,15 +347,22 @@ class TaskArithmetic(Method):
 
 @dataclass(frozen=True)
 class TIESConfig:
-    density: float = field(default=0.2, metadata={"help": "fraction of each task vector's entries kept (top-k by magnitude)"})
+    density: float = field(default=0.2, metadata={"help": "fraction k of each task vector's entries kept by magnitude "
+                                                          "(the reference's topk20)"})
     scope: str = field(default="global", metadata={"help": "trim over the whole task vector (global) or per tensor"})
-    coefficients: tuple = field(default=_steps(0.8, 1.8, 0.1), metadata={"help": "grid of the scaling coefficient lambda"})
+    trim: str = field(default="kthvalue", metadata={
+        "help": "kthvalue: keep magnitudes >= the (k+1)-th largest, every tie (the reference); exact: exactly k, "
+                "ties by position"})
+    coefficients: tuple = field(default=_steps(0.8, 2.5, 0.1), metadata={
+        "help": "grid of the scaling coefficient lambda (the reference's linear+0.8+2.51+0.1)"})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.density <= 1.0:
             raise ValueError(f"density must be in (0, 1], got {self.density}")
         if self.scope not in ("global", "tensor"):
             raise ValueError(f"scope must be 'global' or 'tensor', got {self.scope!r}")
+        if self.trim not in merging.TRIMS:
+            raise ConfigError("trim", f"must be one of {', '.join(merging.TRIMS)}, got {self.trim!r}")
         object.__setattr__(self, "coefficients", _grid(self.coefficients, "coefficients", 0.0))
 
 
@@ -346,6 +371,9 @@ class TIESMerging(Method):
     """TIES merging of every task's fine-tuned model (module docstring)."""
 
     name = "ties"
+    # 2: the reference's trim (>= the (k+1)-th largest, ties kept), majority sign where the mass is 0,
+    #    lambda grid 0.8..2.5 (was: exactly k kept, 0 where the mass is 0, grid 0.8..1.8)
+    version = "2"
     requires = ("ft",)
     Config = TIESConfig
 
@@ -356,9 +384,10 @@ class TIESMerging(Method):
     def adapt(self, pretrained: Model, task: Domain, ctx: AdaptContext) -> Model:
         tvs = _task_vectors_by_task(pretrained, ctx, task)
         vectors = list(tvs.values())
-        merged = dict(merging.ties(vectors, self.config.density, self.config.scope, names=list(vectors[0])))
+        cfg = self.config
+        merged = dict(merging.ties(vectors, cfg.density, cfg.scope, names=list(vectors[0]), trim=cfg.trim))
         base, splits = _state(pretrained), ctx.splits(task.name)
-        lam, scores = _select(list(self.config.coefficients),
+        lam, scores = _select(list(cfg.coefficients),
                               lambda c: _mean_val_accuracy(pretrained, _apply(base, merged, c), splits))
         ctx.info.update(coefficient=lam, val_acc_by_coefficient=scores, tasks=sorted(tvs),
                         trainable_params=_ft_params([pretrained]))
@@ -373,7 +402,10 @@ class FisherConfig:
     examples: int = field(default=4096, metadata={"help": "training examples per task for the Fisher (capped by the data)"})
     labels: str = field(default="expected", metadata={
         "help": "expected (exact expectation over the model's predictive distribution) or sampled (one label drawn)"})
-    floor: float = field(default=1e-6, metadata={"help": "added to every Fisher entry (keeps the denominator positive)"})
+    floor: float = field(default=1e-6, metadata={
+        "help": "lower bound of every Fisher entry, max(F, floor) (the reference's fisher_floor)"})
+    normalize: bool = field(default=True, metadata={
+        "help": "divide each model's weight by the L2 norm of its Fisher (the reference's normalize_fishers)"})
     batch_size: int = field(default=32, metadata={"help": "examples per vectorised per-example gradient batch"})
 
     def __post_init__(self) -> None:
@@ -432,6 +464,7 @@ class FisherMerge(Method):
     """Fisher-weighted averaging of every task's fine-tuned model (module docstring)."""
 
     name = "fisher_merge"
+    version = "2"  # 2: max(F, floor) and Fishers normalised to unit norm, as the reference (was F + floor, unnormalised)
     requires = ("ft",)
     Config = FisherConfig
 
@@ -449,7 +482,8 @@ class FisherMerge(Method):
             fishers.append(diagonal_fisher(m, train, self.config.examples, self.config.labels, self.config.batch_size, g))
             params.append(_state(m))
         floating = [k for k, v in params[0].items() if v.is_floating_point()]
-        merged = dict(merging.fisher_average(params, fishers, floor=self.config.floor, names=floating))
+        merged = dict(merging.fisher_average(params, fishers, floor=self.config.floor, names=floating,
+                                             normalize=self.config.normalize))
         ctx.info.update(tasks=sorted(i.task for i, _ in found), trainable_params=_ft_params([pretrained]))
         return _model_with(pretrained, {**_state(pretrained), **{k: v.to(params[0][k].dtype) for k, v in merged.items()}})
 
@@ -530,26 +564,50 @@ class Atlas(Method):
 
 # ------------------------------------------------------------------------ DaWin
 
+DAWIN_EXPERTISE = ("negexp_entropy", "entropy_ratio")
 
-def _entropy(logits: torch.Tensor) -> torch.Tensor:
-    logp = F.log_softmax(logits.double(), dim=-1)
+
+def _entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Prediction entropy [B] (nats) of softmax(logits / temperature), logits [B, C] (float64)."""
+    logp = F.log_softmax(logits.double() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def dawin_coefficients(h0: torch.Tensor, h1: torch.Tensor, expertise: str = "negexp_entropy") -> torch.Tensor:
+    """The weight lambda [B] of the fine-tuned model from the entropies h0, h1 [B] (nats)
+    of m0 and the fine-tuned model.
+
+    ``negexp_entropy`` (the reference code's default ``negexp_ent_ratio``):
+    exp(-h1) / (exp(-h0) + exp(-h1)) = sigmoid(h0 - h1). ``entropy_ratio``:
+    h0 / (h0 + h1), 0.5 where both are 0."""
+    if expertise == "negexp_entropy":
+        return torch.sigmoid(h0 - h1)
+    if expertise == "entropy_ratio":
+        tot = h0 + h1
+        return torch.where(tot > 0, h0 / tot.clamp(min=1e-300), torch.full_like(tot, 0.5))
+    raise ConfigError("expertise", f"must be one of {', '.join(DAWIN_EXPERTISE)}, got {expertise!r}")
 
 
 class DaWinModel(Model):
     """Two models of one architecture, m0 and m1 (fine-tuned), combined per sample:
-    lambda(x) = H_0(x) / (H_0(x) + H_1(x)) (0.5 when both are 0), and the output of
+    lambda(x) = ``dawin_coefficients(H_0(x), H_1(x), expertise)`` from the entropies of
+    softmax(logits / T) with ``temperatures`` (T_0, T_1), and the output of
     theta_0 + lambda(x) (theta_1 - theta_0). ``groups`` 0 runs one interpolated model per
     distinct lambda; k > 0 bins lambda into k equal-width bins on [0, 1] and runs each
     bin's mean lambda (fewer forward passes)."""
 
     arch = "dawin"
 
-    def __init__(self, m0: Model, m1: Model, groups: int = 0):
+    def __init__(self, m0: Model, m1: Model, groups: int = 0, expertise: str = "negexp_entropy",
+                 temperatures: Sequence[float] = (1.0, 1.0)):
         super().__init__(m0.spec, m0.num_features, m0.num_classes)
         del self.head  # the head is each inner model's own
+        if expertise not in DAWIN_EXPERTISE:
+            raise ConfigError("expertise", f"must be one of {', '.join(DAWIN_EXPERTISE)}, got {expertise!r}")
         self.m0, self.m1, self.groups = m0, m1, int(groups)
-        self.hparams = {"base": getattr(m0, "arch", ""), "base_hparams": getattr(m0, "hparams", {}), "groups": self.groups}
+        self.expertise, self.temperatures = expertise, tuple(float(t) for t in temperatures)
+        self.hparams = {"base": getattr(m0, "arch", ""), "base_hparams": getattr(m0, "hparams", {}), "groups": self.groups,
+                        "expertise": self.expertise, "temperatures": list(self.temperatures)}
 
     @property
     def head(self) -> nn.Linear:  # type: ignore[override]
@@ -557,10 +615,9 @@ class DaWinModel(Model):
 
     def coefficients(self, x: torch.Tensor) -> torch.Tensor:
         """lambda(x) [B] in [0, 1], the weight of the fine-tuned model per sample."""
+        t0, t1 = self.temperatures
         with torch.no_grad():
-            h0, h1 = _entropy(self.m0(x)), _entropy(self.m1(x))
-            tot = h0 + h1
-            lam = torch.where(tot > 0, h0 / tot.clamp(min=1e-300), torch.full_like(tot, 0.5))
+            lam = dawin_coefficients(_entropy(self.m0(x), t0), _entropy(self.m1(x), t1), self.expertise)
         if self.groups > 0:
             b = torch.clamp((lam * self.groups).long(), max=self.groups - 1)
             means = torch.zeros(self.groups, dtype=lam.dtype, device=lam.device).index_add_(0, b, lam)
@@ -614,29 +671,43 @@ def _call(module: Model, params: State, fn: str, x: torch.Tensor) -> torch.Tenso
 
 @register_model("dawin")
 def dawin_model(num_classes: int = 10, spec: InputSpec | None = None, base: str = "mlp",
-                base_hparams: dict | None = None, groups: int = 0) -> DaWinModel:
+                base_hparams: dict | None = None, groups: int = 0, expertise: str = "negexp_entropy",
+                temperatures: Sequence[float] = (1.0, 1.0)) -> DaWinModel:
     """A DaWin model of two ``base`` models (rebuilt from a checkpoint's metadata)."""
     kw = dict(base_hparams or {})
     m0 = MODELS.create(base, num_classes=num_classes, spec=spec, **kw)
     m1 = MODELS.create(base, num_classes=num_classes, spec=spec, **kw)
-    return DaWinModel(m0, m1, groups)
+    return DaWinModel(m0, m1, groups, expertise, temperatures)
 
 
 @dataclass(frozen=True)
 class DaWinConfig:
+    expertise: str = field(default="negexp_entropy", metadata={
+        "help": "negexp_entropy: lambda = exp(-H_ft) / (exp(-H_0) + exp(-H_ft)) (the reference code's default); "
+                "entropy_ratio: lambda = H_0 / (H_0 + H_ft)"})
+    temperatures: tuple = field(default=(1.0, 1.0), metadata={
+        "help": "(T_0, T_ft): logits divided by these before the entropies (the reference code uses calibrated "
+                "values of its CLIP models; 1 = none)"})
     groups: int = field(default=0, metadata={
         "help": "0: one interpolation per distinct per-sample coefficient; k: bin coefficients into k groups"})
 
     def __post_init__(self) -> None:
+        if self.expertise not in DAWIN_EXPERTISE:
+            raise ConfigError("expertise", f"must be one of {', '.join(DAWIN_EXPERTISE)}, got {self.expertise!r}")
+        temps = tuple(self.temperatures) if isinstance(self.temperatures, (list, tuple)) else ()
+        if len(temps) != 2 or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temps):
+            raise ConfigError("temperatures", f"must be two positive numbers (T_0, T_ft), got {self.temperatures!r}")
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in temps))
         if not isinstance(self.groups, int) or self.groups < 0:
             raise ValueError(f"groups must be an integer >= 0, got {self.groups!r}")
 
 
 @register_method("dawin")
 class DaWin(Method):
-    """DaWin: per-sample entropy-ratio interpolation of m0 and the fine-tuned model."""
+    """DaWin: per-sample entropy-based interpolation of m0 and the fine-tuned model (module docstring)."""
 
     name = "dawin"
+    version = "2"  # 2: lambda = exp(-H_ft) / (exp(-H_0) + exp(-H_ft)) by default (was H_0 / (H_0 + H_ft))
     requires = ("ft",)
     Config = DaWinConfig
 
@@ -645,4 +716,5 @@ class DaWin(Method):
         if not hasattr(pretrained, "arch"):
             raise ConfigError("methods.dawin", "the pretrained model records no architecture (model.arch)")
         ctx.info["trainable_params"] = _ft_params([ft])
-        return DaWinModel(copy.deepcopy(pretrained), copy.deepcopy(ft), self.config.groups)
+        cfg = self.config
+        return DaWinModel(copy.deepcopy(pretrained), copy.deepcopy(ft), cfg.groups, cfg.expertise, cfg.temperatures)
