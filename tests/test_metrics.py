@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from dataclasses import replace
+
 from ribench.core import Domain, Split, Suite
+from ribench.core.errors import DataError
 from ribench.evaluate import ClassificationMetrics, accuracy, ece, mask_logits, nll, summarize
 
 
@@ -91,15 +94,67 @@ def test_summary_numbers_by_hand():
     assert s0["dP"] == 0 and s0["dR"] == 0 and s0["mCE"] == pytest.approx(1.0) and "id_acc" not in s0
 
 
-def test_mce_with_a_published_mean_reference():
-    from dataclasses import replace
+def _suite_with_severities(severities, reference_errors=None) -> Suite:
+    empty = Split(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.zeros(1, dtype=torch.long))
+    d = lambda n: Domain(n, empty)  # noqa: E731
+    corr = {f"c/{c}/{s}": (c, s) for c in ("a", "b") for s in severities}
+    return Suite("s", ("x",), d("P"), {"t1": d("t1"), "t2": d("t2")}, eval_sets={n: d(n) for n in corr},
+                 corruptions=corr, reference_errors=reference_errors)
 
+
+def test_mce_with_a_published_mean_reference():
     from ribench.data.corruptions import corruption_errors_reference
 
     ref = corruption_errors_reference()
     assert ref["clean"] == pytest.approx(0.4348) and len(ref["mce_corruptions"]) == 15
-    suite = replace(_suite_for_summary(), reference_errors={"a": (0.5,), "b": (0.8,)})
-    acc = {"P": 0.8, "t1": 0.9, "t2": 0.5, "t3": 0.5, "c/a/1": 0.7, "c/a/2": 0.5, "c/b/1": 0.7, "c/b/2": 0.3}
+    # a published mean over severities 1..5 (AlexNet's form) with all five severities evaluated
+    suite = _suite_with_severities([1, 2, 3, 4, 5], reference_errors={"a": (0.5,), "b": (0.8,)})
+    err_a, err_b = [0.1, 0.2, 0.3, 0.4, 0.5], [0.3, 0.4, 0.5, 0.6, 0.9]
+    acc = {"P": 0.8, "t1": 0.9, "t2": 0.5}
+    acc.update({f"c/a/{s}": 1 - e for s, e in zip(range(1, 6), err_a)})
+    acc.update({f"c/b/{s}": 1 - e for s, e in zip(range(1, 6), err_b)})
     s = summarize("t1", acc, acc, suite)
-    assert s["mCE"] == pytest.approx(((0.3 + 0.5) / 2 / 0.5 + (0.3 + 0.7) / 2 / 0.8) / 2)
-    assert "rel_mCE" not in s  # needs the reference's clean error per severity set
+    # Hendrycks & Dietterich: CE_c = sum_s E(m, c, s) / sum_s E(alexnet, c, s), and sum_s = 5 x the mean
+    assert s["mCE"] == pytest.approx((sum(err_a) / (5 * 0.5) + sum(err_b) / (5 * 0.8)) / 2)
+    assert "rel_mCE" not in s  # needs the reference's clean error
+
+
+def test_mce_with_a_published_mean_needs_all_five_severities():
+    # the 'full' preset evaluates severities 1, 3, 5: a mean over 1..5 cannot normalise them
+    suite = _suite_with_severities([1, 3, 5], reference_errors={"a": (0.5,), "b": (0.8,)})
+    acc = {"P": 0.8, "t1": 0.9, "t2": 0.5, **{n: 0.6 for n in suite.corruptions}}
+    with pytest.raises(DataError, match=r"only the mean error over severities 1..5.*\[1, 3, 5\]"):
+        summarize("t1", acc, acc, suite)
+
+
+def test_mce_at_some_severities_uses_the_reference_at_the_same_severities():
+    # per-severity reference errors (severities 1..5); severities 1, 3, 5 evaluated
+    ref_a, ref_b = (0.2, 0.3, 0.4, 0.5, 0.6), (0.1, 0.3, 0.5, 0.7, 0.9)
+    suite = _suite_with_severities([1, 3, 5], reference_errors={"a": ref_a, "b": ref_b})
+    err = {("a", 1): 0.1, ("a", 3): 0.3, ("a", 5): 0.5, ("b", 1): 0.2, ("b", 3): 0.2, ("b", 5): 0.6}
+    acc = {"P": 0.8, "t1": 0.9, "t2": 0.5, **{f"c/{c}/{s}": 1 - e for (c, s), e in err.items()}}
+    s = summarize("t1", acc, acc, suite)
+    ce_a = (0.1 + 0.3 + 0.5) / (0.2 + 0.4 + 0.6)
+    ce_b = (0.2 + 0.2 + 0.6) / (0.1 + 0.5 + 0.9)
+    assert s["mCE"] == pytest.approx((ce_a + ce_b) / 2)
+    # the pretrained model as reference, at the same severities; relative mCE with both clean errors
+    ref_err = {("a", 1): 0.2, ("a", 3): 0.4, ("a", 5): 0.7, ("b", 1): 0.3, ("b", 3): 0.5, ("b", 5): 0.6}
+    ref = {"P": 0.9, "t1": 0.5, "t2": 0.6, **{f"c/{c}/{s}": 1 - e for (c, s), e in ref_err.items()}}
+    s = summarize("t1", acc, ref, replace(suite, reference_errors=None))
+    ce_a = (0.1 + 0.3 + 0.5) / (0.2 + 0.4 + 0.7)
+    ce_b = (0.2 + 0.2 + 0.6) / (0.3 + 0.5 + 0.6)
+    assert s["mCE"] == pytest.approx((ce_a + ce_b) / 2)
+    rel_a = ((0.1 - 0.2) + (0.3 - 0.2) + (0.5 - 0.2)) / ((0.2 - 0.1) + (0.4 - 0.1) + (0.7 - 0.1))
+    rel_b = ((0.2 - 0.2) + (0.2 - 0.2) + (0.6 - 0.2)) / ((0.3 - 0.1) + (0.5 - 0.1) + (0.6 - 0.1))
+    assert s["rel_mCE"] == pytest.approx((rel_a + rel_b) / 2)
+
+
+def test_mce_refuses_a_reference_without_the_evaluated_severity():
+    suite = _suite_with_severities([1, 3])
+    acc = {"P": 0.8, "t1": 0.9, "t2": 0.5, **{n: 0.6 for n in suite.corruptions}}
+    ref = {k: v for k, v in acc.items() if not k.endswith("/3")}  # the reference lacks severity 3
+    with pytest.raises(DataError, match=r"no error at severities \[3\]"):
+        summarize("t1", acc, ref, suite)
+    wrong = replace(suite, reference_errors={"a": (0.5, 0.6), "b": (0.5, 0.6)})
+    with pytest.raises(DataError, match="5 per-severity errors"):
+        summarize("t1", acc, acc, wrong)
