@@ -673,6 +673,9 @@ def safe_extract(archive: str | os.PathLike, dest: str | os.PathLike, max_member
     any parents created for it) is left as it was.
     """
     a, d = Path(archive), Path(dest)
+    if os.open not in os.supports_dir_fd or os.symlink not in os.supports_dir_fd:
+        raise DataError(f"{a}: extracting archives needs a system whose os.open supports dir_fd (Linux, macOS, BSD); "
+                        f"extract it by hand into {d}")
     if tarfile.is_tarfile(a):
         extract = _extract_tar
     elif zipfile.is_zipfile(a):
