@@ -42,21 +42,6 @@ def check_head_policy(policy: str, allowed: tuple[str, ...] = HEAD_POLICIES, nam
         raise ConfigError(name, f"head policy must be one of {', '.join(allowed)}; got {policy!r}")
 
 
-def check_train_config(cfg: TrainConfig) -> None:
-    """ConfigError naming the first TrainConfig field out of range."""
-    checks = (
-        ("epochs", cfg.epochs > 0 and math.isfinite(cfg.epochs), "must be a positive number"),
-        ("batch_size", isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "must be a positive integer"),
-        ("lr", cfg.lr > 0 and math.isfinite(cfg.lr), "must be a positive number"),
-        ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
-        ("warmup_frac", 0 <= cfg.warmup_frac < 1, "must be in [0, 1)"),
-        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "must be in [0, 1)"),
-    )
-    for name, ok, msg in checks:
-        if not ok:
-            raise ConfigError(name, f"{msg}, got {getattr(cfg, name)!r}")
-
-
 def check_positive(cfg: object, *names: str, integer: bool = False, allow_zero: bool = False) -> None:
     for name in names:
         v = getattr(cfg, name)
@@ -76,7 +61,7 @@ class HeadTrainConfig(TrainConfig):
     head_policies = HEAD_POLICIES  # class attribute (not a field): the policies this method accepts
 
     def __post_init__(self) -> None:
-        check_train_config(self)
+        super().__post_init__()  # TrainConfig's ranges
         check_head_policy(self.head, type(self).head_policies)
 
 

@@ -10,6 +10,8 @@ preprocessed input; ``head`` is an ``nn.Linear(D, num_classes)``.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +27,30 @@ def to_float_images(x: torch.Tensor) -> torch.Tensor:
     if not torch.is_floating_point(x):
         raise DataError(f"images must be uint8 or float in [0, 1], got dtype {x.dtype}")
     return x
+
+
+def first_nonfinite(named: Iterable[tuple[str, torch.Tensor]]) -> tuple[str, str] | None:
+    """``(name, "NaN" | "infinite")`` of the first floating tensor holding a NaN or an
+    infinity, or None when every one is finite (non-floating tensors are skipped)."""
+    for name, t in named:
+        if not torch.is_floating_point(t) and not torch.is_complex(t):
+            continue
+        t = t.detach()
+        if torch.isnan(t).any():
+            return name, "NaN"
+        if torch.isinf(t).any():
+            return name, "infinite"
+    return None
+
+
+def model_name(model: nn.Module) -> str:
+    """How messages name a model: its registry name (``model.arch``), the source of an
+    outside backbone, else its class name."""
+    arch = getattr(model, "arch", None)
+    if arch is None:
+        return type(model).__name__
+    source = getattr(model, "hparams", {}).get("source") if isinstance(getattr(model, "hparams", None), dict) else None
+    return f"{arch} ({source})" if isinstance(source, str) and source else str(arch)
 
 
 class Model(nn.Module):

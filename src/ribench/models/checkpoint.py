@@ -3,40 +3,59 @@
 A checkpoint written by ``save_model`` is a safetensors file of ``model.state_dict()``
 (tensor name -> tensor, on CPU) whose string metadata records how to rebuild the
 model: ``arch`` (registry name), ``hparams`` (JSON kwargs), ``num_classes`` and
-``spec`` (JSON InputSpec), plus any caller metadata. ``load_model`` rebuilds it
-through the ``MODELS`` registry, or, for ``arch = "external"`` (an outside backbone), through
-``external.rebuild`` from the source its hparams record. Full pickles load only with ``trust_checkpoint=True``
-(the CLI's ``--trust-checkpoint``), because unpickling can run arbitrary code.
-Every failure is a ``CheckpointError`` naming the file, and the key where one is at fault.
+``spec`` (JSON InputSpec), ``modules`` (JSON list: the modules whose import registers
+the model kinds it is built from, its own and those of the models it wraps), plus any
+caller metadata. Models with non-finite weights are refused: a diverged model is
+never stored.
+
+``load_model`` imports the recorded modules that lie inside the ``ribench`` package
+(and no other: loading a checkpoint never imports code the file names; kinds that
+plugins register come from the registry's entry points and ``RIBENCH_PLUGINS``),
+then rebuilds the model through the ``MODELS`` registry, or, for ``arch =
+"external"`` (an outside backbone), through ``external.rebuild`` from the source its
+hparams record. Checkpoints written before ``modules`` was recorded name only their
+``arch``; ``LEGACY_MODULES`` says where the kinds that ribench's methods registered
+at that time live, so those files load as they did.
+
+Reading files and fitting weights (``load_state_dict``, ``load_into``) live in
+``state_io``; full pickles load only with ``trust_checkpoint=True`` (the CLI's
+``--trust-checkpoint``). Every failure is a ``CheckpointError`` naming the file, and
+the key where one is at fault.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import os
-import pickle
-import re
 import uuid
-import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError, UnknownNameError
 from ..core.registry import MODELS
 from ..core.types import InputSpec
-from .base import Model
+from . import external
+from .base import Model, first_nonfinite, model_name
+from .state_io import load_into, load_state_dict
 
-StateDict = dict[str, torch.Tensor]
-RESERVED_KEYS = ("arch", "hparams", "num_classes", "spec")
-TORCH_SUFFIXES = (".pt", ".pth", ".bin")
-MAX_LISTED = 10
+__all__ = ["LEGACY_MODULES", "load_into", "load_model", "load_state_dict", "save_model"]
+
+RESERVED_KEYS = ("arch", "hparams", "num_classes", "spec", "modules")
+PACKAGE = __name__.split(".")[0]  # "ribench": the only package load_model imports from
+# Model kinds registered outside models/ when checkpoints recorded no `modules` (frozen: new kinds record theirs).
+LEGACY_MODULES = {
+    "dawin": f"{PACKAGE}.methods.weightspace",
+    "prompted": f"{PACKAGE}.methods.prompt",
+    "with_head": f"{PACKAGE}.methods.training_free",
+    external.ARCH: external.__name__,
+}
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
@@ -45,6 +64,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str,
     Tensors are saved as contiguous CPU copies, so tied (shared) tensors are stored
     once per key. The file is first written next to ``path`` and then renamed over
     it, so a crash never leaves a half-written checkpoint under the final name.
+    A floating tensor holding a NaN or an infinity is a CheckpointError naming the
+    model and the tensor (nothing is written).
     """
     path = Path(path)
     if path.suffix != ".safetensors":
@@ -56,15 +77,55 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: Mapping[str,
     clash = [k for k in meta if k in RESERVED_KEYS]
     if clash:
         raise ConfigError("metadata", f"{clash} are written by save_model itself; use other keys")
+    state = model.state_dict()
+    nonfinite = first_nonfinite(state.items())
+    if nonfinite is not None:
+        raise CheckpointError(f"refusing to save model {model_name(model)!r} to {path}: tensor {nonfinite[0]!r} holds "
+                              f"{nonfinite[1]} values (diverged training?); ribench stores no model with non-finite "
+                              "weights")
     if hasattr(model, "arch"):
         meta["arch"] = model.arch
         meta["hparams"] = json.dumps(getattr(model, "hparams", {}), sort_keys=True)
+        meta["modules"] = json.dumps(registering_modules(model))
     if isinstance(model, Model):
         meta["num_classes"] = str(model.num_classes)
         meta["spec"] = json.dumps(dataclasses.asdict(model.spec))
-    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in state.items()}
     _write_atomic(path, safetensors_bytes(tensors, metadata=meta))
     return path
+
+
+def registering_modules(model: nn.Module) -> list[str]:
+    """Sorted modules whose import registers the model kinds ``model`` is built from.
+
+    The kinds are the ``arch`` of ``model`` and of its submodules, and every registered
+    model name that appears as a string in their ``hparams`` (a wrapper records its
+    base's name there). Kinds that are not registered (a model built by hand) add none.
+    """
+    kinds: set[str] = set()
+    for m in model.modules():
+        arch = getattr(m, "arch", None)
+        if isinstance(arch, str):
+            kinds.add(arch)
+            kinds.update(s for s in _strings(getattr(m, "hparams", {})) if s in MODELS)
+    modules = set()
+    for kind in kinds:
+        if kind == external.ARCH:
+            modules.add(external.__name__)
+        elif kind in MODELS:
+            modules.add(getattr(MODELS.get(kind), "__module__", None) or "")
+    return sorted(m for m in modules if m)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -82,109 +143,42 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def load_state_dict(path: str | os.PathLike, trust_checkpoint: bool = False) -> tuple[StateDict, dict[str, str]]:
-    """Read a checkpoint -> ``(state_dict, metadata)``; tensors on CPU.
+def _recorded_modules(meta: Mapping[str, str], arch: str, hparams: Any, path: str | os.PathLike) -> list[str]:
+    """The checkpoint's ``modules``, or, for a file that records none, the legacy ones of its kinds."""
+    if "modules" not in meta:
+        kinds = {arch, *_strings(hparams)}
+        return sorted({LEGACY_MODULES[k] for k in kinds if k in LEGACY_MODULES})
+    try:
+        modules = json.loads(meta["modules"])
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {path} has malformed metadata 'modules' ({e})") from None
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise CheckpointError(f"checkpoint {path} has malformed metadata 'modules': expected a list of module "
+                              f"names, got {meta['modules'][:200]!r}")
+    return modules
 
-    ``.safetensors`` files return their metadata; ``.pt``/``.pth``/``.bin`` files load
-    with ``torch.load(weights_only=True)`` and return empty metadata. With
-    ``trust_checkpoint=True`` a full pickle is unpickled (this can run code) and a
-    pickled ``nn.Module`` yields its state dict. A mapping whose ``state_dict`` or
-    ``model`` entry holds the weights (common training checkpoints) is unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    if path.suffix == ".safetensors":
+
+def _import_registering(modules: list[str], path: str | os.PathLike) -> list[str]:
+    """Import the ``ribench`` modules of ``modules``; return the others (never imported)."""
+    outside = []
+    for name in modules:
+        if name != PACKAGE and not name.startswith(PACKAGE + "."):
+            outside.append(name)
+            continue
         try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-        except Exception as e:  # SafetensorError, OSError: report, never a raw traceback
-            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    if path.suffix not in TORCH_SUFFIXES:
-        raise CheckpointError(
-            f"checkpoint {path} has an unknown extension {path.suffix!r}; expected .safetensors, "
-            + ", ".join(TORCH_SUFFIXES)
-        )
-    try:
-        with warnings.catch_warnings():  # the error below says it better than torch's protocol warning
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location="cpu", weights_only=not trust_checkpoint)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
-        if not trust_checkpoint and found:
-            raise CheckpointError(
-                f"checkpoint {path} is an unsafe full pickle (it holds the Python object {found.group(1)}, "
-                "and unpickling can run arbitrary code). Re-save it as safetensors, or pass "
-                "--trust-checkpoint (trust_checkpoint=True) if you trust its source"
-            ) from None
-        hint = "" if trust_checkpoint else "; if it is a full pickle from a trusted source, --trust-checkpoint may load it"
-        raise CheckpointError(_unreadable(path, e) + hint) from None
-    except Exception as e:
-        raise CheckpointError(_unreadable(path, e)) from None
-    return _as_state_dict(obj, path), {}
-
-
-def _unreadable(path: Path, error: Exception) -> str:
-    text = str(error)
-    _, marker, detail = text.partition("WeightsUnpickler error:")  # torch's actual reason follows this
-    lines = [line.strip() for line in (detail if marker else text).splitlines() if line.strip()]
-    reason = lines[0].split(". ")[0] if lines else type(error).__name__
-    return f"checkpoint {path} is not a readable PyTorch weights file (truncated or corrupt?): {reason[:200]}"
-
-
-def _as_state_dict(obj: object, path: Path) -> StateDict:
-    if isinstance(obj, nn.Module):
-        return dict(obj.state_dict())
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model"):
-            if isinstance(obj.get(wrapper), (Mapping, nn.Module)):
-                return _as_state_dict(obj[wrapper], path)
-        for key, value in obj.items():
-            if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-                raise CheckpointError(
-                    f"checkpoint {path} is not a state dict: entry {key!r} holds a {type(value).__name__}, expected a tensor"
-                )
-        return dict(obj)
-    raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a state dict of tensors")
-
-
-def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path_for_messages: str | os.PathLike) -> nn.Module:
-    """Strictly load ``state_dict`` into ``model`` (in place) and return ``model``.
-
-    Raises a CheckpointError listing missing keys, unexpected keys and shape
-    mismatches (the first ``MAX_LISTED`` of each) when they do not fit.
-    """
-    expected = model.state_dict()
-    name = getattr(model, "arch", type(model).__name__)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        f"{k}: expected {tuple(v.shape)}, found {tuple(state_dict[k].shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(v.shape)
-    ]
-    problems = [
-        _listing(title, items)
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
-        if items
-    ]
-    if problems:
-        raise CheckpointError(f"checkpoint {path_for_messages} does not fit model {name!r}:\n" + "\n".join(problems))
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"checkpoint {path_for_messages} does not fit model {name!r}: {str(e).splitlines()[0]}") from None
-    return model
-
-
-def _listing(title: str, items: list[str]) -> str:
-    shown = ", ".join(items[:MAX_LISTED])
-    more = f", ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"  {title} ({len(items)}): {shown}{more}"
+            importlib.import_module(name)
+        except ImportError as e:
+            raise CheckpointError(f"checkpoint {path} needs module {name!r} to rebuild its model, which does not "
+                                  f"import in this version of {PACKAGE}: {e}") from None
+    return outside
 
 
 def load_model(path: str | os.PathLike, trust_checkpoint: bool = False) -> Model:
-    """Rebuild a model saved by ``save_model`` from its metadata and load its weights (on CPU)."""
+    """Rebuild a model saved by ``save_model`` from its metadata and load its weights (on CPU).
+
+    ``trust_checkpoint`` also lets an outside backbone's ``module:`` source name a
+    factory that ``external`` refuses by default (see ``external.import_factory``).
+    """
     state_dict, meta = load_state_dict(path, trust_checkpoint)
     if "arch" not in meta:
         raise CheckpointError(
@@ -204,17 +198,19 @@ def load_model(path: str | os.PathLike, trust_checkpoint: bool = False) -> Model
         )
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} has malformed metadata ({type(e).__name__}: {e})") from None
-    if arch in ("prompted", "with_head"):  # wrappers that adaptation methods register (prompt, RanPAC, NCM)
-        from .. import methods  # noqa: F401
+    outside = _import_registering(_recorded_modules(meta, arch, hparams, path), path)
     try:
-        if arch == "external":  # an outside backbone (models/external.py) records how to rebuild it
-            from .external import rebuild
-
-            model = rebuild(hparams, num_classes, spec, str(path))
+        if arch == external.ARCH:  # an outside backbone records how to rebuild it
+            model = external.rebuild(hparams, num_classes, spec, str(path), trust_checkpoint)
         else:
             model = MODELS.create(arch, num_classes=num_classes, spec=spec, **hparams)
     except UnknownNameError as e:
-        raise CheckpointError(f"checkpoint {path} was saved from model {arch!r}, which is not registered: {e}") from None
+        where = (f"; it was registered by {', '.join(map(repr, outside))}, outside {PACKAGE}, which loading a "
+                 "checkpoint never imports: import it first, name it in RIBENCH_PLUGINS, or register it through a "
+                 f"'{PACKAGE}.models' entry point") if outside else ""
+        needs = "" if e.name == arch else f", built on model {e.name!r},"
+        raise CheckpointError(f"checkpoint {path} was saved from model {arch!r}{needs} which is not registered"
+                              f"{where}. {e}") from None
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild {arch!r} from hparams {hparams}: {e}") from None
     return load_into(model, state_dict, path)

@@ -9,10 +9,13 @@ refitting ``model.head`` changes the classifier the model actually uses.
 
 Sources (the ``source`` of a backbone table in a spec, see docs/backbones.md):
 
-- ``module:pkg.mod:factory``  a function returning an ``nn.Module``; weights from a
-  ``.safetensors`` file or a ``.pt``/``.pth``/``.bin`` file read with
+- ``module:pkg.mod:factory``  a function returning an ``nn.Module`` (or an ``nn.Module``
+  subclass); weights from a ``.safetensors`` file or a ``.pt``/``.pth``/``.bin`` file read with
   ``torch.load(weights_only=True)`` (a full pickle only with ``trust_checkpoint``, the CLI's
-  ``--trust-checkpoint``; ``models/checkpoint.py`` semantics).
+  ``--trust-checkpoint``; ``models/state_io.py`` semantics). Importing ``pkg.mod`` and calling
+  the factory run that code: a spec naming a module source must be trusted like a script.
+  ``import_factory`` refuses callables that are no model factories (the standard library's,
+  builtins', torch's own functions: ``module:os:system``) unless trust is given.
 - ``hf:<folder or hub id>``    a ``transformers`` image classifier, loaded with
   ``AutoModelForImageClassification.from_pretrained(..., local_files_only=True)`` (no
   network unless the table says ``download = true``). Optional extra ``ribench[hf]``.
@@ -39,8 +42,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -54,7 +59,7 @@ from torch import nn
 from ..core.errors import CheckpointError, ConfigError, UnknownNameError
 from ..core.types import InputSpec
 from .base import Model
-from .checkpoint import load_into, load_state_dict
+from .state_io import load_into, load_state_dict
 
 ARCH = "external"
 VERSION = "1"  # code version of outside-backbone loading, part of the pretrain cell key
@@ -425,20 +430,63 @@ def _require(package: str, extra: str):
                                        f"Install the extra: pip install 'ribench[{extra}]'") from None
 
 
-def _import_factory(target: str, where: str) -> Callable[..., nn.Module]:
+# Packages whose callables are never model factories even outside the standard library
+# (their functions read files, and some run the code those files hold).
+NOT_FACTORIES = ("numpy", "pickle", "dill", "cloudpickle", "joblib", "yaml", "pandas")
+
+
+def _refused_origin(module: str) -> str | None:
+    """Why callables of ``module`` are refused as factories without trust (None: not refused)."""
+    root = module.split(".", 1)[0]
+    if root in sys.stdlib_module_names or root == "builtins":
+        return f"module {module!r} is part of Python's standard library"
+    if root in NOT_FACTORIES:
+        return f"module {module!r} ({root}) holds no model factories"
+    return None
+
+
+def import_factory(target: str, where: str, trust: bool = False) -> Callable[..., nn.Module]:
+    """The callable of a ``module:pkg.mod:factory`` source (``target`` is ``pkg.mod:factory``).
+
+    Importing ``pkg.mod`` runs its code: a spec (or a checkpoint) naming a module source
+    must be trusted like a script. Without ``trust`` the callable must be a Python
+    function or an ``nn.Module`` subclass, and neither it nor the module may come from
+    the standard library, builtins, ``NOT_FACTORIES`` or (for functions) torch itself,
+    whose callables run commands or load files (``os:system``, ``torch:load``); with
+    ``trust`` any callable is returned. Errors are ConfigErrors at ``<where>.source``.
+    """
     mod_name, _, fn_name = target.partition(":")
+    field = f"{where}.source"
+    hint = ("; a `module:` source names your own model factory. If you really mean it, pass --trust-checkpoint "
+            "(trust_checkpoint = true in the spec)")
+    why = None if trust else _refused_origin(mod_name)
+    if why:
+        raise ConfigError(field, f"{target!r} is not a model factory: {why}, whose callables can run commands or "
+                                 f"read files{hint}")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ConfigError(f"{where}.source", f"cannot import module {mod_name!r}: {e}") from None
+        raise ConfigError(field, f"cannot import module {mod_name!r}: {e}") from None
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
-        raise ConfigError(f"{where}.source", f"module {mod_name!r} has no function {fn_name!r}")
+        raise ConfigError(field, f"module {mod_name!r} has no function {fn_name!r}")
+    if trust:
+        return fn
+    module_class = inspect.isclass(fn) and issubclass(fn, nn.Module)
+    if not (module_class or inspect.isfunction(fn)):
+        raise ConfigError(field, f"{target!r} is a {type(fn).__name__}, not a model factory: it must be a Python "
+                                 f"function returning an nn.Module, or an nn.Module subclass{hint}")
+    origin = getattr(fn, "__module__", None) or mod_name
+    why = _refused_origin(origin)
+    if why is None and not module_class and origin.split(".", 1)[0] == "torch":
+        why = f"function {origin}.{fn_name} is torch's own, not a model factory (torch's loaders run files' code)"
+    if why:
+        raise ConfigError(field, f"{target!r} is not a model factory: it is defined in {origin!r} ({why}){hint}")
     return fn
 
 
-def _module_net(target: str, kwargs: Mapping[str, Any], where: str) -> nn.Module:
-    net = _import_factory(target, where)(**kwargs)
+def _module_net(target: str, kwargs: Mapping[str, Any], where: str, trust: bool = False) -> nn.Module:
+    net = import_factory(target, where, trust)(**kwargs)
     if not isinstance(net, nn.Module):
         raise ConfigError(f"{where}.source", f"{target} returned a {type(net).__name__}, expected an nn.Module")
     return net
@@ -526,7 +574,7 @@ def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint
     """
     where, kind, target = entry.where, entry.kind, entry.target
     if kind == "module":
-        net = _module_net(target, entry.kwargs, where)
+        net = _module_net(target, entry.kwargs, where, trust_checkpoint)
         if entry.weights is not None:
             _load_weights(net, entry.weights, trust_checkpoint)
         if entry.input is None:
@@ -556,13 +604,17 @@ def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint
     return model.eval()
 
 
-def rebuild(hparams: Mapping[str, Any], num_classes: int, spec: InputSpec, path_for_messages: str = "") -> ExternalModel:
-    """The architecture of a saved outside backbone (random weights), for ``load_model``."""
+def rebuild(hparams: Mapping[str, Any], num_classes: int, spec: InputSpec, path_for_messages: str = "",
+            trust_checkpoint: bool = False) -> ExternalModel:
+    """The architecture of a saved outside backbone (random weights), for ``load_model``.
+
+    A ``module:`` source is imported and called as in a spec (``import_factory``, with
+    ``trust_checkpoint`` as its trust)."""
     source = hparams.get("source", "")
     head, layer, call = hparams.get("head"), hparams.get("feature_layer"), hparams.get("call", "positional")
     where = f"checkpoint {path_for_messages}"
     if source.startswith("module:"):
-        net = _module_net(source.split(":", 1)[1], hparams.get("kwargs", {}), where)
+        net = _module_net(source.split(":", 1)[1], hparams.get("kwargs", {}), where, trust_checkpoint)
     elif source == "hf":
         transformers = _require("transformers", "hf")
         cfg = dict(hparams["hf_config"])

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.errors import DataError, UnknownNameError
+from ..core.errors import DataError, TrainingError, UnknownNameError
 from ..core.runtime import seed_everything
 from ..core.types import Split, Suite
 from ..data.augment import HEAVY, LIGHT, AugmentConfig
-from .base import Model
+from .base import Model, first_nonfinite, model_name
 from .training import Progress, TrainConfig, no_progress, train_classifier
 
 
@@ -70,7 +70,18 @@ def pretrain(
     seed: int,
     progress: Progress = no_progress,
 ) -> Model:
-    """Train a freshly built ``model`` (on its device) into a pretrained model m0."""
+    """Train a freshly built ``model`` (on its device) into a pretrained model m0.
+
+    Raises TrainingError when training diverges or leaves any tensor of the model's
+    state dict non-finite (a pretraining that overflowed is never handed on).
+    """
     r = get_recipe(recipe)
     g = seed_everything(seed)
-    return train_classifier(model, pretraining_data(suite, r), cfg, generator=g, augmentation=r.augmentation, progress=progress)
+    model = train_classifier(model, pretraining_data(suite, r), cfg, generator=g, augmentation=r.augmentation,
+                             progress=progress)
+    bad = first_nonfinite(model.state_dict().items())
+    if bad is not None:
+        raise TrainingError(f"pretraining of model {model_name(model)!r} (recipe {recipe!r}, suite {suite.name!r}) "
+                            f"diverged: tensor {bad[0]!r} holds {bad[1]} values; lower the learning rate "
+                            f"(lr = {cfg.lr:g})")
+    return model

@@ -2,7 +2,11 @@
 
 Mini-batch AdamW with a cosine schedule and linear warm-up over images held as uint8
 tensors; batches move to the device and are preprocessed (and augmented) there.
-A non-finite loss raises TrainingError naming the epoch and step.
+
+No diverged model leaves this loop: a non-finite loss raises TrainingError naming the
+epoch and step; after the last step the trained weights must be finite and the loss of
+the final weights on the last batch (eval mode, no gradient) too, or TrainingError
+names the first bad parameter or the loss. ``TrainConfig`` checks its own ranges.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import torch.nn.functional as F
 from ..core.errors import TrainingError
 from ..core.types import Split
 from ..data.augment import AugmentConfig, augment
-from .base import Model, to_float_images
+from ..core.errors import ConfigError
+from .base import Model, first_nonfinite, model_name, to_float_images
 
 Progress = Callable[[float, str], None]
 
@@ -35,6 +40,29 @@ class TrainConfig:
     warmup_frac: float = field(default=0.05, metadata={"help": "fraction of steps of linear warm-up"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
 
+    def __post_init__(self) -> None:
+        """ConfigError naming the first field out of range (bare field name; callers prefix it)."""
+        checks = (
+            ("epochs", _number(self.epochs) and self.epochs > 0, "must be a positive number"),
+            ("batch_size", _integer(self.batch_size) and self.batch_size >= 1, "must be a positive integer"),
+            ("lr", _number(self.lr) and self.lr > 0, "must be a positive number"),
+            ("weight_decay", _number(self.weight_decay) and self.weight_decay >= 0, "must be a finite number >= 0"),
+            ("warmup_frac", _number(self.warmup_frac) and 0 <= self.warmup_frac < 1, "must be in [0, 1)"),
+            ("label_smoothing", _number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+        )
+        for name, ok, msg in checks:
+            if not ok:
+                raise ConfigError(name, f"{msg}, got {getattr(self, name)!r}")
+
+
+def _number(v: object) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _integer(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
 
 def train_classifier(
     model: Model,
@@ -48,10 +76,12 @@ def train_classifier(
     extra_loss: Callable[[Model, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: Progress = no_progress,
 ) -> Model:
-    """Train ``model`` in place on ``data`` and return it.
+    """Train ``model`` in place on ``data`` and return it (in eval mode).
 
     ``params``: parameters to optimise (default: all). ``penalty(model)`` is added to
     every step's loss (EWC, L2-SP...). ``extra_loss(model, x, y, logits)`` too (LwF).
+    Raises TrainingError when the loss or the trained weights stop being finite
+    (module docstring).
     """
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
@@ -68,16 +98,40 @@ def train_classifier(
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     with torch.enable_grad():
-        _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress)
+        last = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress)
     model.eval()
+    _check_final(model, params, last, cfg, total)
     return model
 
 
-def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress) -> None:
+def _check_final(model: Model, params: list[torch.nn.Parameter], last: tuple[torch.Tensor, torch.Tensor] | None,
+                 cfg: TrainConfig, total: int) -> None:
+    """TrainingError unless the trained weights and the final weights' loss on the last batch are finite."""
+    trained = {id(p) for p in params}
+    bad = first_nonfinite((n, p) for n, p in model.named_parameters() if id(p) in trained)
+    if bad is not None:
+        raise TrainingError(f"training of model {model_name(model)!r} diverged: after the last step ({total} of "
+                            f"{total}) parameter {bad[0]!r} holds {bad[1]} values; lower the learning rate "
+                            f"(lr = {cfg.lr:g})")
+    if last is None:
+        return
+    x, y = last
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+    if not torch.isfinite(loss):
+        raise TrainingError(f"training of model {model_name(model)!r} diverged: the loss of the final weights on the "
+                            f"last batch is {loss.item()} (step {total} of {total}); lower the learning rate "
+                            f"(lr = {cfg.lr:g})")
+
+
+def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress
+          ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Run ``total`` steps; return the last batch (float images after augmentation, labels)."""
     device = next(model.parameters()).device
     model.train()
     step = 0
     epoch = 0
+    last = None
     while step < total:
         for xb, yb in data.batches(cfg.batch_size, shuffle=True, generator=generator):
             if step >= total:
@@ -99,6 +153,10 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
             opt.step()
             sched.step()
             step += 1
+            last = (x, y)
             if step % 10 == 0 or step == total:
                 progress(step / total, f"loss {loss.item():.3f}")
         epoch += 1
+        if last is None:  # an empty split yields no batch: no epoch would ever make progress
+            raise TrainingError("nothing to train on: the training split is empty")
+    return last
