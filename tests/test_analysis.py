@@ -71,12 +71,13 @@ def naive_exact_label_w2(x1, y1, x2, y2):
     return out
 
 
-def naive_gaussian_label_w2(x1, y1, x2, y2):
+def naive_gaussian_label_w2(x1, y1, x2, y2, bias=False):
+    """bias=False: sample covariances (divided by n - 1); True: maximum likelihood (by n)."""
     out = np.zeros((len(np.unique(y1)), len(np.unique(y2))))
     for i, a in enumerate(np.unique(y1)):
         for j, b in enumerate(np.unique(y2)):
             xa, xb = x1[y1 == a], x2[y2 == b]
-            sa, sb = np.cov(xa, rowvar=False, bias=True), np.cov(xb, rowvar=False, bias=True)
+            sa, sb = np.cov(xa, rowvar=False, bias=bias), np.cov(xb, rowvar=False, bias=bias)
             ra = scipy.linalg.sqrtm(sa).real
             cross = scipy.linalg.sqrtm(ra @ sb @ ra).real
             out[i, j] = ((xa.mean(0) - xb.mean(0)) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * np.trace(cross)
@@ -106,12 +107,14 @@ def test_bures_of_a_gaussian_with_itself_is_zero_and_general_case_matches_sqrtm(
     assert got[0, 1] == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.parametrize("covariance", ["unbiased", "ml"])
 @pytest.mark.parametrize("n1, n2, d", [(24, 30, 5), (36, 30, 40)])  # n per class > d, and n per class < d
-def test_gaussian_label_distances_match_sqrtm_reference(n1, n2, d):
+def test_gaussian_label_distances_match_sqrtm_reference(n1, n2, d, covariance):
     x1, y1 = blobs(n1, d, 3, 2.0, seed=1)
     x2, y2 = blobs(n2, d, 2, 2.0, seed=2, shift=0.5)
-    got = label_distances(x1, y1, x2, y2, inner="gaussian")
-    np.testing.assert_allclose(got, naive_gaussian_label_w2(x1, y1, x2, y2), rtol=1e-7, atol=1e-9)
+    got = label_distances(x1, y1, x2, y2, inner="gaussian", covariance=covariance)
+    np.testing.assert_allclose(got, naive_gaussian_label_w2(x1, y1, x2, y2, bias=covariance == "ml"),
+                               rtol=1e-7, atol=1e-9)
 
 
 def test_exact_label_distances_match_emd2_loop():
@@ -269,25 +272,27 @@ def naive_ledoit_wolf(f):
 
 
 def naive_hscore(f, y, shrinkage):
+    """Sample covariances (divided by N - 1), except the Ledoit-Wolf estimate (by N), as tllib."""
     f = f - f.mean(0)
     g = np.zeros_like(f)
     for c in np.unique(y):
         g[y == c] = f[y == c].mean(0)
-    cov_g = g.T @ g / len(f)
+    cov_g = g.T @ g / (len(f) - 1)
     if not shrinkage:
-        return np.trace(np.linalg.pinv(f.T @ f / len(f), rcond=1e-15) @ cov_g)
+        return np.trace(np.linalg.pinv(f.T @ f / (len(f) - 1), rcond=1e-15) @ cov_g)
     cov, a = naive_ledoit_wolf(f)
     return np.trace(np.linalg.inv(cov) @ ((1 - a) * cov_g))
 
 
 def naive_gbc(f, y, gaussian):
+    """Diagonal: the Bhattacharyya distance of diagonal Gaussians with full matrices.
+    Spherical, as the authors' code: the Mahalanobis term with Sigma = s I in D dimensions,
+    the log-determinant term of the scalar s (once, as in one dimension)."""
     classes = np.unique(y)
     stats = {}
     for c in classes:
         v = np.maximum(f[y == c].var(0), 1e-4)
-        if gaussian == "spherical":
-            v = np.full_like(v, v.mean())
-        stats[c] = (f[y == c].mean(0), np.diag(v))
+        stats[c] = (f[y == c].mean(0), np.diag(v) if gaussian == "diagonal" else np.array([[v.mean()]]))
     total = 0.0
     for i in classes:
         for j in classes:
@@ -295,7 +300,8 @@ def naive_gbc(f, y, gaussian):
                 continue
             (mi, si), (mj, sj) = stats[i], stats[j]
             s = (si + sj) / 2
-            db = (mi - mj) @ np.linalg.inv(s) @ (mi - mj) / 8 + 0.5 * np.log(
+            inv = np.linalg.inv(s) if gaussian == "diagonal" else np.eye(len(mi)) / s[0, 0]
+            db = (mi - mj) @ inv @ (mi - mj) / 8 + 0.5 * np.log(
                 np.linalg.det(s) / math.sqrt(np.linalg.det(si) * np.linalg.det(sj)))
             total += math.exp(-db)
     return -total

@@ -18,14 +18,15 @@ cost, in squared input units (squared pixels in [0, 1], or squared feature units
 
 The label-to-label term W_2^2(alpha_y, alpha'_y') comes from either
 
-- ``inner="gaussian"``: each class as a Gaussian with its sample mean and (maximum
-  likelihood) covariance; W_2^2 = ||m - m'||^2 + Bures^2(S, S') with
+- ``inner="gaussian"``: each class as a Gaussian with its sample mean and covariance
+  (``covariance="unbiased"``, divided by n - 1 as microsoft/otdd does, or ``"ml"``,
+  divided by n); W_2^2 = ||m - m'||^2 + Bures^2(S, S') with
   Bures^2 = tr S + tr S' - 2 tr (S^1/2 S' S^1/2)^1/2 (closed form);
 - ``inner="exact"``: exact OT between the empirical class samples (``ot.emd2``).
 
 Implementation: every class-pair quantity is batched in torch. For the Gaussian term
 each covariance is held as a factor L (L L^T = S): the centred class samples divided
-by sqrt(n) when n <= D, else V diag(sqrt(lambda)) from one batched ``eigh``. Then
+by sqrt(n - 1) (or sqrt(n)) when n <= D, else V diag(sqrt(lambda)) from one batched ``eigh``. Then
 tr (S^1/2 S' S^1/2)^1/2 is the nuclear norm of L^T L' (its singular values are the
 square roots of the eigenvalues of S S'), computed for all pairs at once from the
 eigenvalues of small r x r Gram matrices, r = min(n, D). All sample distances come
@@ -50,6 +51,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.types import Split
 
 Inner = Literal["gaussian", "exact"]
+Covariance = Literal["unbiased", "ml"]
 
 __all__ = [
     "bures_wasserstein", "label_distances", "otdd", "otdd_splits", "subsample_per_class", "split_arrays",
@@ -146,11 +148,17 @@ class _Classes:
     def __len__(self) -> int:
         return len(self.classes)
 
-    def gaussians(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Means [C, D], covariance factors [C, D, r] (L L^T = S, ML covariance), traces [C]."""
+    def gaussians(self, covariance: Covariance, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Means [C, D], covariance factors [C, D, r] (L L^T = S), traces [C]; S divided
+        by n - 1 (``covariance="unbiased"``) or by n (``"ml"``) for a class of n samples."""
         n = self.counts.to(self.padded.dtype)
+        if covariance == "unbiased" and bool((self.counts < 2).any()):
+            lone = self.classes[self.counts < 2].tolist()
+            raise DataError(f"{name}: classes {lone} have a single sample; the unbiased covariance needs at least "
+                            "2 per class (drop those classes, or pass covariance='ml')")
         means = self.padded.sum(1) / n[:, None]
-        centred = (self.padded - means[:, None]) * self.mask[..., None] / n.sqrt()[:, None, None]
+        dof = n - 1 if covariance == "unbiased" else n
+        centred = (self.padded - means[:, None]) * self.mask[..., None] / dof.sqrt()[:, None, None]
         traces = centred.pow(2).sum((1, 2))
         d, n_max = self.padded.shape[2], self.padded.shape[1]
         if n_max <= d:
@@ -238,9 +246,11 @@ def _exact_label_w2(ca: _Classes, cb: _Classes, sq: torch.Tensor, ia: torch.Tens
     return out.to(sq.device, sq.dtype)
 
 
-def _check_inner(inner: str) -> None:
+def _check_options(inner: str, covariance: str) -> None:
     if inner not in ("gaussian", "exact"):
         raise ConfigError("inner", f"must be 'gaussian' or 'exact', got {inner!r}")
+    if covariance not in ("unbiased", "ml"):
+        raise ConfigError("covariance", f"must be 'unbiased' or 'ml', got {covariance!r}")
 
 
 def _points(x1, y1, x2, y2, max_per_class: int | None, seed: int, dtype: torch.dtype, device
@@ -257,22 +267,25 @@ def _points(x1, y1, x2, y2, max_per_class: int | None, seed: int, dtype: torch.d
 
 
 def label_distances(x1, y1, x2, y2, inner: Inner = "gaussian", max_per_class: int | None = None, seed: int = 0,
-                    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> np.ndarray:
+                    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+                    covariance: Covariance = "unbiased") -> np.ndarray:
     """W_2^2 between the class-conditional distributions of two labelled datasets.
 
     ``x1`` [N, D], ``y1`` [N], ``x2`` [M, D], ``y2`` [M] (NumPy or torch). Returns
     [C1, C2] in squared input units; row i is the i-th smallest label of ``y1``,
     column j the j-th smallest of ``y2``. ``inner``: "gaussian" (Bures-Wasserstein
     between the classes' Gaussian fits) or "exact" (exact OT between class samples).
-    ``max_per_class`` caps the samples per class (seeded draw).
+    ``max_per_class`` caps the samples per class (seeded draw). ``covariance``: the
+    Gaussian fits' covariance, "unbiased" (divided by n - 1, microsoft/otdd's) or "ml"
+    (divided by n).
     """
-    _check_inner(inner)
+    _check_options(inner, covariance)
     a, ya, b, yb = _points(x1, y1, x2, y2, max_per_class, seed, dtype, device)
     ca, cb = _Classes(a, ya), _Classes(b, yb)
     ia, ib = (t.flatten() for t in torch.meshgrid(torch.arange(len(ca), device=a.device),
                                                   torch.arange(len(cb), device=a.device), indexing="ij"))
     if inner == "gaussian":
-        w2 = _gaussian_label_w2(ca.gaussians(), cb.gaussians(), ia, ib)
+        w2 = _gaussian_label_w2(ca.gaussians(covariance, "y1"), cb.gaussians(covariance, "y2"), ia, ib)
     else:
         w2 = _exact_label_w2(ca, cb, _sqdist(a, b), ia, ib)
     return w2.view(len(ca), len(cb)).cpu().numpy()
@@ -410,7 +423,8 @@ def _exact_ot(cost: torch.Tensor) -> float:
 def otdd(x1, y1, x2, y2, inner: Inner = "gaussian", entropic_reg: float = 0.05,
          cost_scale: float | Literal["cross", "source"] | None = None,
          debiased: bool = True, max_per_class: int | None = 200, seed: int = 0, max_iter: int = 1000,
-         tol: float = 1e-9, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> float:
+         tol: float = 1e-9, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+         covariance: Covariance = "unbiased") -> float:
     """Optimal transport dataset distance between labelled datasets (x1, y1) and (x2, y2).
 
     ``x1`` [N, D] and ``x2`` [M, D] points (pixels flattened, or features), ``y1`` [N]
@@ -429,8 +443,14 @@ def otdd(x1, y1, x2, y2, inner: Inner = "gaussian", entropic_reg: float = 0.05,
         ``seed`` for dataset 1, ``seed + 1`` for dataset 2); memory is O((N + M)^2).
     max_iter, tol: Sinkhorn iterations before Newton steps take over; the stopping rule
         (L1 error of the marginals below ``tol``).
+    covariance: the class Gaussians' covariance for ``inner="gaussian"``: "unbiased"
+        (divided by n - 1, as microsoft/otdd) or "ml" (maximum likelihood, divided by n).
+
+    microsoft/otdd's ``DatasetDistance`` defaults are reproduced by
+    ``0.5 * otdd(..., inner="gaussian", entropic_reg=0.2, cost_scale=1.0, max_per_class=None)``
+    up to its outer Sinkhorn's early stop (docs/analysis.md).
     """
-    _check_inner(inner)
+    _check_options(inner, covariance)
     if entropic_reg < 0:
         raise ConfigError("entropic_reg", f"must be >= 0, got {entropic_reg!r}")
     a, ya, b, yb = _points(x1, y1, x2, y2, max_per_class, seed, dtype, device)
@@ -448,7 +468,7 @@ def otdd(x1, y1, x2, y2, inner: Inner = "gaussian", entropic_reg: float = 0.05,
     w_aa, w_bb = a.new_zeros(na, na), b.new_zeros(nb, nb)
     tri_a, tri_b = torch.triu_indices(na, na, 1, device=a.device), torch.triu_indices(nb, nb, 1, device=a.device)
     if inner == "gaussian":
-        ga, gb = ca.gaussians(), cb.gaussians()
+        ga, gb = ca.gaussians(covariance, "y1"), cb.gaussians(covariance, "y2")
         w_ab.view(-1)[:] = _gaussian_label_w2(ga, gb, cross_i, cross_j)
         if need_self:
             w_aa[tri_a[0], tri_a[1]] = _gaussian_label_w2(ga, ga, tri_a[0], tri_a[1])

@@ -8,7 +8,7 @@ a float in [0, 1] (1 = the same representation up to the method's invariances).
 - linear CKA (Kornblith et al., ICML 2019): invariant to orthogonal transforms and
   isotropic scaling of either representation, not to arbitrary invertible maps.
 - RBF CKA: the same with Gaussian kernels, bandwidth a fraction of the median
-  distance between examples.
+  distance between examples (Kornblith et al.'s ``gram_rbf``).
 - minibatch CKA (Nguyen et al., ICLR 2021): unbiased HSIC estimates (Song et al.,
   2012) averaged over minibatches, so large datasets and wide layers never need an
   N x N Gram matrix at once (``MinibatchCKA`` accumulates batch by batch).
@@ -96,23 +96,32 @@ def _rbf_gram(x: torch.Tensor, bandwidth: float) -> torch.Tensor:
     return _rbf_from_gram(x @ x.T, bandwidth)
 
 
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """Median of a 1-d tensor, the mean of the two middle values for an even count
+    (``numpy.median``; ``torch.median`` returns the lower one)."""
+    m = len(values)
+    lower = values.kthvalue((m + 1) // 2).values
+    return lower if m % 2 else 0.5 * (lower + values.kthvalue(m // 2 + 1).values)
+
+
 def _rbf_from_gram(g: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """The RBF kernel matrix from the linear Gram matrix G = X X^T (distances from G)."""
+    """The RBF kernel matrix from the linear Gram matrix G = X X^T (distances from G):
+    exp(-d^2 / (2 bandwidth^2 median(d^2))), the median over all N^2 squared distances,
+    the N zeros of the diagonal included (Kornblith et al.'s ``gram_rbf``)."""
     sq = torch.diagonal(g)
     d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(0)
-    iu = torch.triu_indices(len(g), len(g), 1)
-    median = d2[iu[0], iu[1]].sqrt().median()
-    sigma = bandwidth * median
-    if sigma <= 0:
-        raise DataError("all examples coincide; the RBF bandwidth (a fraction of the median distance) is 0")
-    return torch.exp(-d2 / (2 * sigma * sigma))
+    median = _median(d2.flatten())
+    if median <= 0:
+        raise DataError("most examples coincide; the RBF bandwidth (a fraction of the median distance) is 0")
+    return torch.exp(-d2 / (2 * bandwidth * bandwidth * median))
 
 
 def rbf_cka(x, y, bandwidth: float = 0.8) -> float:
-    """CKA with Gaussian kernels k(x, x') = exp(-||x - x'||^2 / (2 s^2)), where
-    s = ``bandwidth`` x the median distance between distinct examples (Kornblith et al.
-    2019 report 0.2, 0.4 and 0.8). CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),
-    HSIC(K, L) = tr(K H L H) up to a constant factor."""
+    """CKA with Gaussian kernels k(x, x') = exp(-||x - x'||^2 / (2 s^2)), as Kornblith
+    et al.'s code (google-research ``representation_similarity``, ``gram_rbf``) sets the
+    bandwidth: s^2 = ``bandwidth``^2 x the median of the N x N squared distances, the
+    zero diagonal included (the paper reports 0.2, 0.4 and 0.8). CKA = HSIC(K, L) /
+    sqrt(HSIC(K, K) HSIC(L, L)), HSIC(K, L) = tr(K H L H) up to a constant factor."""
     if bandwidth <= 0:
         raise ConfigError("bandwidth", f"must be positive, got {bandwidth!r}")
     a, b = _pair(x, y)

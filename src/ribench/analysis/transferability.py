@@ -217,30 +217,36 @@ def nce(probs, labels) -> float:
 def hscore(features, labels, shrinkage: bool = True) -> float:
     """H-score (Bao et al., ICIP 2019), with Ledoit-Wolf shrinkage (Ibrahim et al.,
     ICLR 2022, "Newer is not always better: rethinking transferability metrics, their
-    peculiarities, stability and performance"). Higher = more transferable.
+    peculiarities, stability and performance"), as the Transfer-Learning-Library
+    computes them (``tllib/ranking/hscore.py``: ``regularized_h_score`` and ``h_score``).
+    Higher = more transferable.
 
-    With f the centred features, g(x) = E[f | y(x)] their class means per example,
+    With f the features, g(x) = E[f | y(x)] their class means per example,
 
-        H = tr(cov(f)^-1 cov(g))                          (shrinkage=False; pinv)
-        H_a = tr(cov_a(f)^-1 (1 - a) cov(g))             (shrinkage=True)
+        H = tr(cov(f)^+ cov(g))                          (shrinkage=False)
+        H_a = tr(cov_a(f)^+ (1 - a) cov(g))             (shrinkage=True)
 
-    where cov_a(f) = (1 - a) cov(f) + a (tr cov(f) / D) I is the Ledoit-Wolf (2004)
-    estimate with its optimal shrinkage a (``sklearn.covariance.ledoit_wolf``).
-    Covariances are maximum likelihood (divided by N).
+    where cov(.) is the sample covariance (divided by N - 1), cov_a(f) =
+    (1 - a) S + a (tr S / D) I the Ledoit-Wolf (2004) estimate of the centred features
+    (S their maximum-likelihood covariance, divided by N) with its optimal shrinkage a
+    (``sklearn.covariance.ledoit_wolf``), and ^+ the pseudo-inverse (singular values
+    below 1e-15 x the largest dropped).
     """
     f = _matrix(features, "features")
     index, k = _labels(labels, len(f))
     f = f - f.mean(0)
+    n = len(f)
     counts = np.bincount(index, minlength=k).astype(np.float64)
     means = (_one_hot(index, k).T @ f) / counts[:, None]
-    cov_g = (means * counts[:, None]).T @ means / len(f)  # (1/N) sum_i g_i g_i^T
+    cov_g = (means * counts[:, None]).T @ means / (n - 1)  # 1/(N-1) sum_i g_i g_i^T; g has mean 0
     if shrinkage:
         from sklearn.covariance import ledoit_wolf
 
         cov_f, a = ledoit_wolf(f, assume_centered=True)
-        return float(np.trace(np.linalg.solve(cov_f, (1.0 - a) * cov_g)))
-    cov_f = f.T @ f / len(f)
-    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15, hermitian=True) @ cov_g))
+        cov_g = (1.0 - a) * cov_g
+    else:
+        cov_f = f.T @ f / (n - 1)
+    return float(np.trace(np.linalg.pinv(cov_f, rcond=1e-15) @ cov_g))
 
 
 # ----------------------------------------------------------------------------- GBC
@@ -251,17 +257,23 @@ def hscore(features, labels, shrinkage: bool = True) -> float:
 def gbc(features, labels, gaussian: str = "spherical", pca_dim: int | None = None,
         min_variance: float = 1e-4) -> float:
     """GBC, Gaussian Bhattacharyya coefficient (Pándy et al., CVPR 2022, "Transferability
-    Estimation using Bhattacharyya Class Separability"). Higher = more transferable (<= 0).
+    Estimation using Bhattacharyya Class Separability"), as the authors' code computes it
+    (google-research ``stable_transfer/transferability/gbc.py``). Higher = more
+    transferable (<= 0).
 
-    Each class c is a Gaussian N(mu_c, Sigma_c) with Sigma_c diagonal (per-dimension
-    variances, ``gaussian="diagonal"``) or spherical (their mean, ``"spherical"``, the
-    default of the authors' code); variances are maximum likelihood, floored at
-    ``min_variance``. With Sigma = (Sigma_i + Sigma_j) / 2, the Bhattacharyya distance
+    Each class c has its mean mu_c [D] and per-dimension variances v_c [D] (maximum
+    likelihood, floored at ``min_variance``). With s = (s_i + s_j) / 2 the Bhattacharyya
+    distance between classes i and j is
 
-        D_B(i, j) = 1/8 (mu_i - mu_j)^T Sigma^-1 (mu_i - mu_j)
-                    + 1/2 ln(det Sigma / sqrt(det Sigma_i det Sigma_j)),
+        D_B(i, j) = 1/8 sum_d (mu_id - mu_jd)^2 / s_d
+                    + 1/2 (sum ln s - 1/2 sum ln s_i - 1/2 sum ln s_j),
 
-    and GBC = -sum_i sum_{j != i} exp(-D_B(i, j)): the overlap of the classes, negated.
+    where s_c = v_c and the sums run over the D dimensions (``gaussian="diagonal"``), or
+    s_c = mean_d v_cd, one scalar per class (``"spherical"``, the default of the authors'
+    code): the Mahalanobis term still sums over D dimensions, the log-determinant term is
+    that one scalar's, entering once (a D-dimensional spherical density would give it
+    D times; the reference code's value is kept). GBC = -sum_i sum_{j != i} exp(-D_B(i, j)):
+    the overlap of the classes, negated.
     ``pca_dim``: project the centred features on their top principal components first.
     """
     if gaussian not in ("spherical", "diagonal"):
@@ -279,8 +291,8 @@ def gbc(features, labels, gaussian: str = "spherical", pca_dim: int | None = Non
     mu = onehot.T @ f / counts  # [K, D]
     var = np.maximum(onehot.T @ (f - mu[index]) ** 2 / counts, min_variance)
     if gaussian == "spherical":
-        var = np.repeat(var.mean(1, keepdims=True), f.shape[1], axis=1)
-    avg = 0.5 * (var[:, None, :] + var[None, :, :])  # [K, K, D]
+        var = var.mean(1, keepdims=True)  # [K, 1]: broadcast in the Mahalanobis term, once in the log term
+    avg = 0.5 * (var[:, None, :] + var[None, :, :])  # [K, K, D] or [K, K, 1]
     maha = ((mu[:, None, :] - mu[None, :, :]) ** 2 / avg).sum(-1) / 8.0
     logdet = np.log(avg).sum(-1) - 0.5 * (np.log(var).sum(-1)[:, None] + np.log(var).sum(-1)[None, :])
     bc = np.exp(-(maha + 0.5 * logdet))
