@@ -572,7 +572,7 @@ class _Tree:
 
 
 def _extract_tar(a: Path, tree: _Tree, budget: _Budget) -> None:
-    with tarfile.open(a, "r|*") as tf:
+    with tarfile.open(a, "r:*") as tf:
         for m in tf:
             if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
                 raise _Refused(m.name, "device file or FIFO")
