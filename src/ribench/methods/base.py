@@ -2,7 +2,11 @@
 
 A method is a class registered with ``@register_method("name")``. Its
 hyperparameters live in a frozen dataclass ``Config`` whose fields carry
-``metadata={"help": ...}`` and documented defaults. ``requires`` names the methods
+``metadata={"help": ...}`` and documented defaults. ``Method(**params)`` checks every
+value against its field's annotation (``check_value``: numbers finite, integers
+integral, strings, Literal choices, lists of those, Optional) before the dataclass is
+built, so a spec's ``lr = "fast"`` fails naming ``methods.<name>.params.lr``; ranges
+are the Config's own ``__post_init__`` checks. ``requires`` names the methods
 whose adapted models it consumes (LP-FT needs LP); the engine runs those first, on the
 same task and seed, and hands their models over in ``ctx.inputs``.
 
@@ -20,8 +24,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, NamedTuple
+from functools import lru_cache
+from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple, Union
 
 import torch
 
@@ -125,6 +134,10 @@ class Method:
                 f"methods.{self.name}.params.{unknown[0]}",
                 f"unknown hyperparameter; valid: {', '.join(sorted(fields))}",
             )
+        hints = config_annotations(self.Config)
+        for key, value in params.items():
+            if key in hints:
+                check_value(value, hints[key], f"methods.{self.name}.params.{key}")
         try:
             self.config = self.Config(**params)
         except ConfigError as e:  # raised by a Config's __post_init__ with the bare field name
@@ -142,6 +155,118 @@ class Method:
     def fresh_copy(model: Model) -> Model:
         """A deep copy to adapt, so the pretrained model is never modified."""
         return copy.deepcopy(model)
+
+
+@lru_cache(maxsize=None)
+def config_annotations(cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of a Config dataclass ({} when they cannot be resolved)."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation naming something its module does not define: leave checks to the Config
+        return {}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name in hints}
+
+
+def _describe(annotation: Any) -> str:
+    """What a value of ``annotation`` is, in the words of a spec file."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if annotation is type(None):
+        return "none"
+    simple = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+    if annotation in simple:
+        return simple[annotation]
+    if annotation in (tuple, list) or origin in (tuple, list):
+        return "a list"
+    if annotation is dict or origin in (dict, Mapping):
+        return "a table"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_value(value: Any, annotation: Any, where: str) -> None:
+    """Raise ConfigError at ``where`` unless ``value`` fits ``annotation``.
+
+    Understood: bool, int, float (finite; ints accepted), str, Literal, None, unions
+    (Optional), tuple[X, ...], tuple[X, Y], list[X], bare tuple/list, dict/Mapping.
+    Other annotations are left to the Config's own checks. Elements are named
+    ``where[i]``.
+    """
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any or annotation is object:
+        return
+    if origin in (Union, types.UnionType):
+        others = [a for a in args if a is not type(None)]
+        if value is None and len(others) < len(args):
+            return
+        if len(others) == 1:  # Optional[X]: the error of X, with its element path
+            check_value(value, others[0], where)
+            return
+        for a in others:
+            try:
+                check_value(value, a, where)
+                return
+            except ConfigError:
+                continue
+        raise ConfigError(where, f"expected {_describe(annotation)}, got {_shown(value)}")
+    if origin is Literal:
+        if not any(value == a and type(value) is type(a) for a in args):
+            raise ConfigError(where, f"expected {_describe(annotation)}, got {_shown(value)}")
+        return
+    if annotation is type(None):
+        ok = value is None
+    elif annotation is bool:
+        ok = isinstance(value, bool)
+    elif annotation is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    elif annotation is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok and isinstance(value, str) and _parses_as_float(value):
+            raise ConfigError(where, f"expected {_describe(float)}, got the string {value!r} (write it without "
+                                     "quotes; in YAML, 1e-3 needs a dot: 1.0e-3)")
+    elif annotation is str:
+        ok = isinstance(value, str)
+    elif annotation in (tuple, list) or origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(where, f"expected {_describe(annotation)}, got {_shown(value)}")
+        _check_elements(value, args, where)
+        return
+    elif annotation is dict or origin in (dict, Mapping):
+        ok = isinstance(value, Mapping)
+    else:
+        return
+    if not ok:
+        raise ConfigError(where, f"expected {_describe(annotation)}, got {_shown(value)}")
+
+
+def _check_elements(value: list | tuple, args: tuple, where: str) -> None:
+    if not args:
+        return
+    if len(args) == 2 and args[1] is Ellipsis:
+        kinds = [args[0]] * len(value)
+    elif len(args) == 1:  # list[X]
+        kinds = [args[0]] * len(value)
+    else:  # tuple[X, Y, ...] of a fixed length
+        if len(value) != len(args):
+            raise ConfigError(where, f"expected a list of {len(args)} values, got {len(value)}: {_shown(value)}")
+        kinds = list(args)
+    for i, (item, kind) in enumerate(zip(value, kinds)):
+        check_value(item, kind, f"{where}[{i}]")
+
+
+def _parses_as_float(text: str) -> bool:
+    """Whether ``text`` spells a finite number (YAML 1.1 reads ``1e-3`` as a string)."""
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def trainable_parameters(model: Model, params=None) -> int:

@@ -123,6 +123,11 @@ def fit_size(img, size: int):
     return img.crop((left, top, left + size, top + size))
 
 
+# what a user sets to resize: the suite table's (or suite_options') key, or the readers' argument
+RESIZE_HINT = ("to resize them all (shorter side, centre crop), set image_size = <pixels> in the suite's table "
+               "(or suite_options), or pass size=<pixels> to the reader")
+
+
 def stack_images(images: list[torch.Tensor], sources: Sequence[PathLike], container: PathLike) -> torch.Tensor:
     """Stack [C, H, W] images; images of different sizes raise naming two of them."""
     if not images:
@@ -131,7 +136,7 @@ def stack_images(images: list[torch.Tensor], sources: Sequence[PathLike], contai
     for img, src in zip(images, sources):
         if img.shape != first:
             raise DataError(f"{container}: images of mixed sizes ({sources[0]} is {tuple(first[1:])}, {src} is "
-                            f"{tuple(img.shape[1:])}); pass size=<pixels> to resize them all (shorter side, centre crop)")
+                            f"{tuple(img.shape[1:])}); {RESIZE_HINT}")
     return torch.stack(images)
 
 

@@ -24,7 +24,7 @@ import torch
 
 from ...core.errors import DataError
 from ...core.types import Split, StreamingSplit
-from .base import IN_MEMORY_LIMIT, PathLike, check_channels, decode_image, existing
+from .base import IN_MEMORY_LIMIT, RESIZE_HINT, PathLike, check_channels, decode_image, existing
 
 OnError = Literal["fail", "skip"]
 VERIFY_LIMIT = 20_000  # folders with at most this many files have every header read while scanning
@@ -104,7 +104,7 @@ class FolderDecoder:
         for img, i in zip(imgs, index.tolist()):
             if img.shape != shape:
                 raise DataError(f"{self.root}: images of mixed sizes ({self.files[index[0]]} is {tuple(shape[1:])}, "
-                                f"{self.files[i]} is {tuple(img.shape[1:])}); pass size=<pixels> to resize them all")
+                                f"{self.files[i]} is {tuple(img.shape[1:])}); {RESIZE_HINT}")
         return torch.stack(imgs) if imgs else torch.zeros(0, self.channels, self.size or 0, self.size or 0, dtype=torch.uint8)
 
 
@@ -164,7 +164,7 @@ def read_image_folder(root: PathLike, class_to_index: Mapping[str, int | Sequenc
             for f, s in zip(files, sizes):
                 if s != sizes[0]:
                     raise DataError(f"{root}: images of mixed sizes ({files[0]} is {sizes[0][0]}x{sizes[0][1]}, {f} is "
-                                    f"{s[0]}x{s[1]}); pass size=<pixels> to resize them all (shorter side, centre crop)")
+                                    f"{s[0]}x{s[1]}); {RESIZE_HINT}")
         first_size = (sizes[0][0] - 2 * border, sizes[0][1] - 2 * border)
     h, w = (size, size) if size is not None else ((first_size[1], first_size[0]) if first_size else (224, 224))
     split = StreamingSplit(FolderDecoder(files, channels, size, root, border), torch.tensor(labels, dtype=torch.int64),
