@@ -496,10 +496,15 @@ def reference_sparse_rs(model, x, y, *, eps, n_queries, p_init, g):
     return x_best, margin_min, queries
 
 
-@pytest.mark.parametrize("k, p_init", [(3, 0.3), (12, 0.8)])  # 12 px at 0.8: moves of 4, 2 and 1 pixels
-def test_sparse_rs_follows_the_reference_loop(k, p_init):
+@pytest.mark.parametrize("k, p_init, background", [
+    (3, 0.3, False), (12, 0.8, False),  # 12 px at 0.8: moves of 4, 2 and 1 pixels
+    (3, 0.3, True),  # black background (exact 0s, as MNIST's): single-pixel colours get redrawn
+])
+def test_sparse_rs_follows_the_reference_loop(k, p_init, background):
     model = tiny_mlp(seed=5, side=16)
     x = images(30, side=16, seed=6)
+    if background:
+        x = torch.where(x < 0.6, torch.zeros_like(x), x)
     y = labels_of(model, x)
     budget = 60
     with torch.no_grad():

@@ -131,6 +131,37 @@ def square_linf(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, eps: flo
     return x_adv, used
 
 
+def _colours_unlike(old: torch.Tensor, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """For each image of ``old`` [n, C, 1] (the colour at its new pixel), a random corner colour
+    that differs from it, consuming the random stream as the reference's loop does: image
+    after image, ``clamp(sign(2u - 1), 0, 1)`` redrawn until it differs.
+
+    The draws are made in one batch (with spares), the images scanned in order to find how
+    many the reference consumes, and the generator rewound and advanced by exactly that many.
+    """
+    n, c = old.shape[0], old.shape[1]
+    gen = generator if generator is not None else torch.default_generator
+    state = gen.get_state()
+    wanted = old.flatten(1).tolist()
+    spare = max(n, 8)
+    while True:
+        stream = _sign((n + spare, c, 1), generator, device).clamp(0.0, 1.0).flatten(1).tolist()
+        picks, at = [], 0
+        for colour in wanted:
+            while at < len(stream) and stream[at] == colour:
+                at += 1
+            if at == len(stream):
+                break
+            picks.append(at)
+            at += 1
+        gen.set_state(state)
+        if len(picks) == n:
+            break
+        spare *= 2
+    drawn = _sign((at, c, 1), generator, device).clamp(0.0, 1.0)
+    return drawn[torch.tensor(picks, dtype=torch.int64, device=device)]
+
+
 def sparse_rs(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, k: int = 10, queries: int = 1000,
               p_init: float = 0.3, class_subset: ClassSubset = None, generator: torch.Generator | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,8 +175,8 @@ def sparse_rs(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, k: int = 1
     slots to move and the unperturbed slots to fill are one ``randperm`` draw each, shared by
     the batch (each image keeps its own lists of perturbed and unperturbed locations), the
     moved pixels get back their clean values and the new ones fresh random colours (for a
-    single pixel, a colour different from the one there, as the reference redraws until it
-    differs; the draws match the reference's unless such a redraw happens). The candidate is
+    single pixel, a colour different from the one there, redrawn until it differs, image by
+    image, as the reference does: ``_colours_unlike``). The candidate is
     kept if its margin is lower (strictly). ``queries`` counts the initial point, as the
     reference's ``n_queries`` does.
     """
@@ -197,13 +228,8 @@ def sparse_rs(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, k: int = 1
         enter_c = enter[:, None, :].expand(-1, c, -1)
         if moves > 1:
             fresh = colours((a, c, moves))
-        else:  # one pixel: redraw, image by image, until the colour differs from the one there
-            old = x_new.gather(2, enter_c)
-            fresh = colours((a, c, 1))
-            same = (fresh == old).flatten(1).all(1)
-            while same.any():
-                fresh[same] = colours((int(same.sum()), c, 1))
-                same = (fresh == old).flatten(1).all(1)
+        else:
+            fresh = _colours_unlike(x_new.gather(2, enter_c), generator, dev)
         x_new.scatter_(2, enter_c, fresh)
         m_new = _margins(model, x_new.view(a, c, h, w), yy[active], class_subset)
         used[idx[active]] += 1
