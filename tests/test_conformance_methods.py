@@ -501,3 +501,54 @@ def test_atlas_composition_is_the_references_blockwise_sum():
     for k, b in m0.state_dict().items():  # entries that are not parameters stay m0's
         if k not in params:
             assert torch.equal(got[k], b)
+
+
+# learn_task_addition.py: coef = zeros, AdamW(lr 1e-3, wd 0.1) (src/args.py), 20 epochs, batch 128
+# over all datasets (int(128 / n) each), loss = the sum of the datasets' cross-entropies,
+# clip_grad_norm_(1.0); after each epoch the mean normalised validation accuracy (top-1 / the
+# fine-tuned model's), the best coefficients kept, starting from the zero-shot model's score.
+
+
+def test_atlas_defaults_are_the_references():
+    cfg = METHODS.create("atlas").config
+    assert (cfg.init, cfg.lr, cfg.weight_decay, cfg.epochs, cfg.batch_size, cfg.clip) == (0.0, 1e-3, 0.1, 20, 128, 1.0)
+
+
+def test_atlas_one_epoch_is_the_references_clipped_adamw_step_and_best_epoch_rule(tiny):
+    m0 = small_model(0)
+    fts = {"t1": perturbed(m0, 1, 0.5), "t2": perturbed(m0, 2, 0.5)}
+    splits = {t: tiny.tasks[t].train.holdout(0.2, seed=1) for t in fts}
+    ctx = make_ctx(tiny, inputs={Ingredient("ft", t, 0): m for t, m in fts.items()})
+    ctx.task_splits = splits
+    lr = 0.5
+    model = METHODS.create("atlas", epochs=1, batch_size=64, lr=lr).adapt(m0, tiny.tasks["t1"], ctx)  # one full batch
+    names = [k for k, _ in m0.named_parameters()]
+    params = dict(m0.named_parameters())
+    taus = [{k: (fts[t].state_dict()[k] - params[k]).detach() for k in names} for t in fts]
+    coef = torch.zeros(2, len(names), requires_grad=True)
+
+    def composed(c):
+        return {k: params[k].detach() + sum(taus[t][k] * c[t, i] for t in range(2)) for i, k in enumerate(names)}
+
+    loss = sum(torch.nn.functional.cross_entropy(torch.func.functional_call(m0, composed(coef), (splits[t][1].images,)),
+                                                 splits[t][1].labels) for t in fts)
+    (grad,) = torch.autograd.grad(loss, [coef])
+    grad = grad * min(1.0, 1.0 / (float(grad.norm()) + 1e-6))  # clip_grad_norm_(params, 1.0)
+    step = -lr * grad / (grad.abs() + 1e-8)  # AdamW's first step from 0 (decay of 0 is 0)
+
+    def norm_acc(state):
+        out = []
+        for t, ft in fts.items():
+            x, y = splits[t][1].images, splits[t][1].labels
+            with torch.no_grad():
+                acc = float((torch.func.functional_call(m0, state, (x,)).argmax(1) == y).float().mean())
+                ft_acc = float((ft(x).argmax(1) == y).float().mean())
+            out.append(acc / ft_acc)
+        return sum(out) / len(out)
+
+    zero_shot, stepped = norm_acc(composed(torch.zeros(2, len(names)))), norm_acc(composed(step))
+    assert ctx.info["val_norm_acc_by_epoch"] == [pytest.approx(stepped)]
+    kept = step if stepped > zero_shot else torch.zeros_like(step)
+    assert ctx.info["best_epoch"] == (1 if stepped > zero_shot else 0)
+    for k, v in composed(kept).items():
+        torch.testing.assert_close(model.state_dict()[k], v.detach(), rtol=1e-5, atol=1e-6)

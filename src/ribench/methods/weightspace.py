@@ -23,8 +23,14 @@ pretrained model m0 in weight space; none trains the network's weights itself.
   weighted by each one's diagonal Fisher on its own task's training part, floored and
   normalised to unit norm as the reference code (``merging.fisher_average``).
 - ``atlas`` (Zhang et al., NeurIPS 2024, "Knowledge Composition using Task Vectors with
-  Learned Anisotropic Scaling"): one coefficient per (task vector, parameter tensor),
-  learned on the tasks' validation parts through ``torch.func.functional_call``.
+  Learned Anisotropic Scaling"; github.com/fredzzhang/atlas, ``src/learn_task_addition.py``
+  with ``--blockwise-coef``): one coefficient per (task vector, parameter tensor), from
+  zeros, learned by AdamW (lr 1e-3, weight decay 0.1, gradient norm clipped to 1) on the
+  sum of the tasks' cross-entropies over their validation parts (128 examples per step,
+  split evenly; an epoch is a pass over the part with the fewest batches; 20 epochs), run
+  through ``torch.func.functional_call``; the coefficients of the epoch with the best mean
+  normalised validation accuracy (accuracy / the fine-tuned model's) are kept, m0 when no
+  epoch beats it.
 - ``dawin`` (Oh et al., ICLR 2025, "DaWin: Training-free Dynamic Weight Interpolation for
   Robust Adaptation"; github.com/naver-ai/dawin, ``dawin_rft/main_dawin.py``): per sample,
   lambda(x) = exp(-H_ft(x)) / (exp(-H_0(x)) + exp(-H_ft(x))) from the prediction
@@ -493,14 +499,18 @@ class FisherMerge(Method):
 
 @dataclass(frozen=True)
 class AtlasConfig:
-    init: float = field(default=0.3, metadata={"help": "initial value of every coefficient"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the coefficients"})
-    epochs: float = field(default=10, metadata={"help": "passes over the tasks' validation parts"})
-    batch_size: int = field(default=128, metadata={"help": "examples per step from each task"})
+    init: float = field(default=0.0, metadata={"help": "initial value of every coefficient (the reference: zeros)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the coefficients (the reference's)"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay of the coefficients (the reference's)"})
+    epochs: int = field(default=20, metadata={
+        "help": "epochs, each a pass over the validation part with the fewest batches (the reference's 20)"})
+    batch_size: int = field(default=128, metadata={
+        "help": "examples per step over all tasks, split evenly: batch_size // tasks from each (the reference's)"})
+    clip: float = field(default=1.0, metadata={"help": "gradient norm clip of the coefficients (the reference's)"})
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.epochs <= 0 or self.batch_size < 1:
-            raise ValueError("lr, epochs and batch_size must be positive")
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.weight_decay < 0 or self.clip <= 0:
+            raise ValueError("lr, epochs, batch_size and clip must be positive, weight_decay >= 0")
 
 
 def atlas_state(pretrained: Model, vectors: Sequence[Mapping[str, torch.Tensor]], coefficients: torch.Tensor,
@@ -520,6 +530,9 @@ class Atlas(Method):
     """aTLAS: learned coefficients per (task vector, parameter tensor) (module docstring)."""
 
     name = "atlas"
+    # 2: the reference's recipe (zero init, weight decay 0.1, 20 epochs over the smallest validation part, 128
+    #    examples per step over all tasks, summed losses, gradient clip 1, the best epoch by normalised accuracy)
+    version = "2"
     requires = ("ft",)
     Config = AtlasConfig
 
@@ -529,36 +542,50 @@ class Atlas(Method):
 
     def adapt(self, pretrained: Model, task: Domain, ctx: AdaptContext) -> Model:
         cfg = self.config
+        found = _ingredient_models(ctx, task)
         tvs = _task_vectors_by_task(pretrained, ctx, task)
         vectors = list(tvs.values())
         names = [k for k, _ in pretrained.named_parameters() if k in vectors[0]]
+        splits = ctx.splits(task.name)
+        vals = [splits[t][1] if t in splits else ctx.val for t in tvs]
+        ft_acc = [_accuracy(m, None, v) for (_, m), v in zip(found, vals)]
+
+        def normalised(state: State | None) -> float:
+            return sum(_accuracy(pretrained, state, v) / max(a, 1e-12) for v, a in zip(vals, ft_acc)) / len(vals)
+
         coef = torch.full((len(vectors), len(names)), float(cfg.init), device=ctx.device, requires_grad=True)
-        opt = torch.optim.AdamW([coef], lr=cfg.lr, weight_decay=0.0)
+        opt = torch.optim.AdamW([coef], lr=cfg.lr, weight_decay=cfg.weight_decay)
         g = seed_everything(ctx.seed)
-        vals = [val for _, val in ctx.splits(task.name).values()]
-        steps = max(1, math.ceil(cfg.epochs * max(math.ceil(len(v) / cfg.batch_size) for v in vals)))
-        iters = [None] * len(vals)
+        per_task = max(1, cfg.batch_size // len(vals))
+        n_batches = [math.ceil(len(v) / per_task) for v in vals]
+        prim = n_batches.index(min(n_batches))  # the task with the fewest batches drives the epoch
         module = copy.deepcopy(pretrained).to(ctx.device).eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        for step in range(steps):
-            loss = torch.zeros((), device=ctx.device)
-            state = atlas_state(module, vectors, coef, names)
-            for i, v in enumerate(vals):
-                batch = next(iters[i], None) if iters[i] is not None else None
-                if batch is None:
-                    iters[i] = v.batches(cfg.batch_size, shuffle=True, generator=g)
-                    batch = next(iters[i])
-                x, y = batch
-                loss = loss + F.cross_entropy(functional_call(module, state, (x.to(ctx.device),)), y.to(ctx.device))
-            opt.zero_grad()
-            (loss / len(vals)).backward()
-            opt.step()
-            ctx.progress((step + 1) / steps, f"aTLAS step {step + 1}/{steps}")
+        best, best_coef, best_epoch, scores = normalised(None), torch.zeros_like(coef.detach()), 0, []
+        for epoch in range(cfg.epochs):
+            iters = [v.batches(per_task, shuffle=True, generator=g) for v in vals]
+            for _ in range(n_batches[prim]):
+                state = atlas_state(module, vectors, coef, names)
+                loss = torch.zeros((), device=ctx.device)
+                for it in iters:
+                    x, y = next(it)
+                    loss = loss + F.cross_entropy(functional_call(module, state, (x.to(ctx.device),)), y.to(ctx.device))
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([coef], cfg.clip)
+                opt.step()
+            with torch.no_grad():
+                score = normalised(atlas_state(module, vectors, coef.detach(), names))
+            scores.append(score)
+            if score > best:
+                best, best_coef, best_epoch = score, coef.detach().clone(), epoch + 1
+            ctx.progress((epoch + 1) / cfg.epochs, f"aTLAS epoch {epoch + 1}/{cfg.epochs}")
         with torch.no_grad():
-            final = {k: v.detach() for k, v in atlas_state(module, vectors, coef.detach(), names).items()}
+            final = {k: v.detach() for k, v in atlas_state(module, vectors, best_coef, names).items()}
         ctx.info.update(coefficients=int(coef.numel()), tasks=sorted(tvs), trainable_params=_ft_params([pretrained]),
-                        mean_coefficient=float(coef.detach().mean()))
+                        mean_coefficient=float(best_coef.mean()), val_norm_acc_by_epoch=scores,
+                        val_norm_acc=best, best_epoch=best_epoch)
         return _model_with(pretrained, final)
 
 
