@@ -16,13 +16,11 @@ from safetensors.torch import save_file
 
 import ribench.methods  # noqa: F401  (registers the model kinds that methods make)
 import ribench.models
-from fixtures_models import tiny_net
 from ribench.core.errors import CheckpointError
 from ribench.core.registry import MODELS
-from ribench.core.types import InputSpec
 from ribench.models import load_model, save_model
 from ribench.models.checkpoint import registering_modules
-from ribench.models.external import parse_entry, build
+from ribench.models.external import build, parse_entry
 
 TESTS = Path(__file__).parent
 SRC_MODELS = Path(ribench.models.__file__).parent

@@ -432,7 +432,7 @@ def _require(package: str, extra: str):
 
 # Packages whose callables are never model factories even outside the standard library
 # (their functions read files, and some run the code those files hold).
-NOT_FACTORIES = ("numpy", "pickle", "dill", "cloudpickle", "joblib", "yaml", "pandas")
+NOT_FACTORIES = ("numpy", "dill", "cloudpickle", "joblib", "yaml", "pandas")
 
 
 def _refused_origin(module: str) -> str | None:
