@@ -4,6 +4,7 @@ exports, and clear errors on bad input."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -167,20 +168,56 @@ def test_report_leaderboard_and_parquet_commands(demo_run, capsys):
     assert (demo_run / "results.parquet").stat().st_size > 0
 
 
+TINY_PREDICT = """
+name = "tiny-predict"
+suite = "tiny"
+backbones = ["mlp", "cnn"]
+recipes = ["narrow"]
+seeds = [0]
+device = "cpu"
+
+[[methods]]
+name = "lp"
+
+[pretrain]
+epochs = 0.5
+
+[eval]
+pretrain_sample = 50
+
+[diagnostics]
+enabled = false
+
+[analysis]
+max_per_class = 20
+max_samples = 60
+"""
+
+
 def test_predict_ranks_backbones_then_report_checks_the_prediction(tmp_path, capsys):
+    """On the tiny suite (tests/tiny_suite.py): `predict` ranks the two backbones by the
+    predictors that depend on them, and says pixel OTDD (the same for both) ranks none."""
     spec = tmp_path / "spec.toml"
-    spec.write_text(TINY_DEMO.replace('backbones = ["mlp"]', 'backbones = ["mlp", "cnn"]'))
+    spec.write_text(TINY_PREDICT)
     out = tmp_path / "out"
     assert main(["predict", str(spec), "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "Task uci: predictors before fine-tuning" in text and "| cnn | narrow |" in text and "logme" in text
+    assert "Task t1: predictors before fine-tuning" in text and "| cnn | narrow |" in text and "logme" in text
     assert "(#1)" in text and "(#2)" in text
+    headers = [ln.strip("|").split("|") for ln in text.splitlines() if ln.startswith("| backbone | recipe |")]
+    assert len(headers) == 2 and all("otdd_features" in map(str.strip, h) and "otdd" not in map(str.strip, h)
+                                     for h in headers)
+    assert "`otdd`, is computed from the images alone" in text and "does not rank backbones" in text
     # the full run reuses the pretrained models and analyses, and its report checks the prediction
     assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 0
     ran = capsys.readouterr().out
-    assert "4 already done" in ran or "already done" in ran
+    assert "6 already done" in ran  # 2 pretrain + 2 backbones x 2 tasks analysis cells
     report = (out / "report.md").read_text()
-    assert "## Did the prediction hold?" in report and "(n=8)" in report  # 2 backbones x 2 methods x 2 tasks
+    section = report[report.index("## Did the prediction hold?"):]
+    # one ρ per (backbone, recipe, method) over its 2 tasks; 2 tasks and 2 backbones are too few to tell
+    assert re.search(r"\| OTDD \(pixels\) \| ΔP \| \d \| 2 \| 2 \| [+-]\d\.\d\d \| too few to tell \| too few to tell \|",
+                     section)
+    assert "| OTDD (features) | ΔP | 2 | 2 |" in section  # across models: (lp, t1), (lp, t2) over 2 backbones
 
 
 def test_show_corruptions_writes_png(tmp_path, capsys):

@@ -70,14 +70,17 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     from .engine.runner import RunOptions
     from .report.export import results_rows
     from .report.markdown import _md
-    from .report.prediction import ranking_tables
+    from .report.prediction import prediction_notes, ranking_tables
 
     spec = load_spec(a.spec) if a.spec else load_preset(a.preset)
     spec = spec.with_overrides(device=a.device)
     out = Path(a.out or f"runs/{spec.name}")
     res = run(spec, out, options=RunOptions(quiet=a.quiet, kinds=("pretrain", "analysis")))
-    for table in ranking_tables(results_rows(out)):
+    rows = results_rows(out)
+    for table in ranking_tables(rows):  # predictors that depend on the model only
         print(_md(table))
+    for note in prediction_notes(rows):  # pixel OTDD is the same for every backbone: no ranks
+        print(note + "\n")
     print(f"{res.ran} cells ran, {res.cached} already done, {len(res.failed)} failed; results in {out}")
     for cell, err in res.failed:
         print(f"  failed: {cell.describe()}: {err}")
@@ -285,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     _runner_arguments(r)
     r.set_defaults(fn=_cmd_run)
 
-    pr = sub.add_parser("predict", help="rank backbones for each task by OTDD and transferability scores, "
-                                        "without fine-tuning (pretrains what is missing)")
+    pr = sub.add_parser("predict", help="rank backbones for each task by feature-space OTDD and transferability "
+                                        "scores, without fine-tuning (pretrains what is missing)")
     pr.add_argument("spec", nargs="?", help="TOML or YAML spec file (default: the --preset)")
     pr.add_argument("--preset", choices=list(PRESETS), default="quick")
     pr.add_argument("--out", help="output folder (default: runs/<spec name>; shared with `ribench run`)")

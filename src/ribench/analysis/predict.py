@@ -1,6 +1,12 @@
 """Did the prediction hold? Rank correlations between predictors (transferability
 scores, dataset distances) and measured outcomes (accuracy, robustness change), and
 transferability tables over backbones.
+
+``correlations`` treats every key as one independent unit. Results that come in groups
+sharing units (every (backbone, recipe, method) measured on the same tasks) go through
+``ribench.analysis.statistics.grouped_spearman`` instead, which counts each unit once.
+Pixel-space OTDD (``otdd``) is computed from the images alone: it is the same for every
+backbone and recipe, so it can rank tasks but never models (``depends_on_model``).
 """
 
 from __future__ import annotations
@@ -16,12 +22,24 @@ from ..core.registry import ESTIMATORS
 from ..core.types import Split
 from .similarity import FeatureSet, extract_features
 
-__all__ = ["correlations", "rank_backbones", "score_features", "score_model"]
+__all__ = ["MODEL_FREE_PREDICTORS", "correlations", "depends_on_model", "rank_backbones", "score_features",
+           "score_model"]
+
+# predictors computed from the data alone, without the pretrained model: one value per task
+MODEL_FREE_PREDICTORS = frozenset({"otdd"})
+
+
+def depends_on_model(predictor: str) -> bool:
+    """Whether a predictor's value depends on the pretrained model (backbone and recipe):
+    False for pixel-space OTDD, True for feature-space OTDD (``otdd_features``) and every
+    transferability estimator. Only such a predictor can rank backbones or recipes."""
+    return predictor not in MODEL_FREE_PREDICTORS
 
 
 def correlations(predictor_values: Mapping[Hashable, float], measured: Mapping[Hashable, float]) -> dict[str, float]:
     """Spearman's rho and Kendall's tau-b (``scipy.stats``) between a predictor and a
-    measured quantity over the keys they share (pairs with a NaN are dropped).
+    measured quantity over the keys they share (pairs with a NaN are dropped). Each key
+    must be one independent unit (e.g. one task): the p-values assume it.
 
     Returns {"n", "spearman", "spearman_p", "kendall", "kendall_p"}; the coefficients
     are NaN with fewer than 3 points or a constant input. A positive coefficient means

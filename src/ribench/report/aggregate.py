@@ -3,8 +3,10 @@
 Rows are ``ResultsStore.metric_rows()`` dicts (backbone, recipe, method, task, seed,
 eval_set, metric, value). Accuracies stay fractions in [0, 1] here; the presentation
 layers turn them into percentages. Seeds are averaged first where a value per
-(backbone, recipe, method, task) is needed; summaries take mean and sample standard
-deviation over every (task, seed) value, as the Markdown tables do.
+(backbone, recipe, method, task) is needed. Method summaries (``Stat``) take the mean,
+sample standard deviation and 95% t-interval over every (task, seed) value. Whether a
+predictor held (``prediction_tests``) is computed here once, for the Markdown report,
+the HTML report and the figures alike, with ``analysis.statistics``.
 
 Row families (docs/results.md):
 - eval_set ``"*"``: summary numbers of a model (id_acc, R, dR, dP, ...);
@@ -24,6 +26,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..core.errors import ConfigError
+
 SUMMARY = "*"
 PRETRAINED = "pretrained"
 ANALYSIS = "analysis"
@@ -34,26 +38,36 @@ CORRUPTIONS = "corruptions"  # the folded column of every corruption set
 
 # Predictors in display order; any other metric of an analysis row is shown after these.
 PREDICTORS = ("otdd", "otdd_features", "logme", "leep", "nce", "hscore", "gbc", "knn")
-PREDICTOR_NAMES = {"otdd": "OTDD", "otdd_features": "OTDD (features)", "logme": "LogME", "leep": "LEEP",
+PREDICTOR_NAMES = {"otdd": "OTDD (pixels)", "otdd_features": "OTDD (features)", "logme": "LogME", "leep": "LEEP",
                    "nce": "NCE", "hscore": "H-score", "gbc": "GBC", "knn": "kNN accuracy"}
 
 Key = tuple  # (backbone, recipe, method) or (backbone, recipe)
+CONFIDENCE = 0.95  # of every interval in the reports
 
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (0 for one value) of ``n`` values."""
+    """Mean, sample standard deviation (0 for one value) and 95% t-interval
+    (``analysis.statistics.t_interval``; NaN for fewer than 2 values) of ``n`` values, each
+    one independent unit (a (task, seed) run of one method)."""
 
     mean: float
     std: float
     n: int
+    lo: float = math.nan
+    hi: float = math.nan
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Stat:
+        from ..analysis.statistics import t_interval
+
         v = [float(x) for x in values]
         if not v:
             return cls(math.nan, math.nan, 0)
-        return cls(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+        if not all(math.isfinite(x) for x in v):  # an infinite value: no interval
+            return cls(float(np.mean(v)), math.nan, len(v))
+        lo, hi = t_interval(v, CONFIDENCE)
+        return cls(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v), lo, hi)
 
 
 @dataclass
@@ -97,7 +111,7 @@ def summarize_methods(rows: list[dict[str, Any]]) -> list[MethodSummary]:
     tasks: dict[Key, set] = defaultdict(set)
     seeds: dict[Key, set] = defaultdict(set)
     for r in rows:
-        if r["eval_set"] != SUMMARY or not is_model_row(r):
+        if r["eval_set"] != SUMMARY or not is_model_row(r) or r["value"] is None:  # NaN is stored as NULL
             continue
         k = (r["backbone"], r["recipe"], r["method"])
         values[k][r["metric"]].append(r["value"])
@@ -323,49 +337,116 @@ class PredictorPoint:
 
 def predictor_points(rows: list[dict[str, Any]], predictor: str) -> list[PredictorPoint]:
     """One point per adapted (backbone, recipe, method, task) whose (backbone, recipe, task)
-    has a value of ``predictor``."""
-    x: dict[tuple, list[float]] = defaultdict(list)
-    y: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["eval_set"] != SUMMARY:
-            continue
-        if r["method"] == ANALYSIS and r["metric"] == predictor:
-            x[(r["backbone"], r["recipe"], r["task"])].append(r["value"])
-        elif r["metric"] in ("dP", "dR") and r["method"] != PRETRAINED and r["task"] is not None and is_model_row(r):
-            y[(r["backbone"], r["recipe"], r["method"], r["task"])][r["metric"]].append(r["value"])
+    has a value of ``predictor`` (for scatter plots; the statistics use ``prediction_tests``)."""
+    x = predictor_values(rows).get(predictor, {})
+    y = outcome_values(rows)
     points = []
-    for (b, rc, m, t), v in sorted(y.items(), key=lambda kv: tuple(map(str, kv[0]))):
-        xs = x.get((b, rc, t))
-        if xs and v.get("dP") and v.get("dR"):
-            points.append(PredictorPoint(b, rc, m, t, float(np.mean(xs)), float(np.mean(v["dP"])), float(np.mean(v["dR"]))))
+    for (b, rc, m, t), dp in sorted(y.get("dP", {}).items(), key=lambda kv: tuple(map(str, kv[0]))):
+        dr = y.get("dR", {}).get((b, rc, m, t))
+        if (b, rc, t) in x and dr is not None:
+            points.append(PredictorPoint(b, rc, m, t, x[(b, rc, t)], dp, dr))
     return points
 
 
+# --- did the prediction hold? ---------------------------------------------------------------
+TARGETS = ("id_acc", "dR", "dP")  # outcomes a predictor is tested against
+TARGET_NAMES = {"id_acc": "ID acc", "dR": "ΔR", "dP": "ΔP"}
+ACROSS_TASKS = "tasks"  # units: tasks; groups: (backbone, recipe, method)
+ACROSS_MODELS = "models"  # units: (backbone, recipe); groups: (method, task); model-dependent predictors only
+SCOPES = (ACROSS_TASKS, ACROSS_MODELS)
+
+
+def predictor_values(rows: Iterable[dict[str, Any]]) -> dict[str, dict[tuple, float]]:
+    """predictor -> {(backbone, recipe, task): value} (analysis rows; NaN values left out)."""
+    vals: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["method"] == ANALYSIS and r["eval_set"] == SUMMARY and r["value"] is not None and math.isfinite(r["value"]):
+            vals[r["metric"]][(r["backbone"], r["recipe"], r["task"])].append(r["value"])
+    return {p: {k: float(np.mean(v)) for k, v in per.items()} for p, per in vals.items()}
+
+
+def outcome_values(rows: Iterable[dict[str, Any]]) -> dict[str, dict[tuple, float]]:
+    """target (``TARGETS``) -> {(backbone, recipe, method, task): mean over seeds} of the
+    adapted models (not m0, not analysis rows)."""
+    vals: dict[str, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if (r["eval_set"] == SUMMARY and r["metric"] in TARGETS and is_model_row(r) and r["method"] != PRETRAINED
+                and r["task"] is not None and r["value"] is not None and math.isfinite(r["value"])):
+            vals[r["metric"]][(r["backbone"], r["recipe"], r["method"], r["task"])].append(r["value"])
+    return {t: {k: float(np.mean(v)) for k, v in per.items()} for t, per in vals.items()}
+
+
 @dataclass(frozen=True)
-class Correlation:
+class PredictionTest:
+    """One predictor against one outcome in one scope (``SCOPES``).
+
+    ``groups``: labels of the groups counted, in the order of ``result.rho``
+    ((backbone, recipe, method) across tasks; (method, task) across models); ``units``:
+    the units every one of them was measured on (tasks; (backbone, recipe) pairs);
+    ``left_out``: groups left out because they miss a unit; ``result``: None when no
+    group is complete."""
+
     predictor: str
-    target: str  # "dP" or "dR"
-    rho: float  # NaN when undefined (fewer than 3 points or a constant variable)
-    p: float
-    n: int
+    target: str
+    scope: str
+    groups: tuple[tuple, ...]
+    units: tuple
+    left_out: int
+    result: Any  # analysis.statistics.GroupedSpearman | None
 
 
-def spearman(x: list[float], y: list[float]) -> tuple[float, float]:
-    """Spearman's rank correlation and its two-sided p-value; (NaN, NaN) when undefined."""
-    from scipy.stats import spearmanr
+def _grid(x: dict[tuple, float], y: dict[tuple, float], scope: str):
+    """(groups, units, X [G, U], Y [G, U], left_out) of the complete groups of one scope."""
+    if scope == ACROSS_TASKS:
+        units = sorted({k[2] for k in x}, key=str)
+        candidates = sorted({k[:3] for k in y}, key=lambda g: tuple(map(str, g)))
 
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return math.nan, math.nan
-    res = spearmanr(x, y)
-    return float(res.statistic), float(res.pvalue)
+        def keys(g, u):
+            return (g[0], g[1], u), (g[0], g[1], g[2], u)
+    else:
+        units = sorted({k[:2] for k in x}, key=lambda u: tuple(map(str, u)))
+        candidates = sorted({(k[2], k[3]) for k in y}, key=lambda g: tuple(map(str, g)))
+
+        def keys(g, u):
+            return (u[0], u[1], g[1]), (u[0], u[1], g[0], g[1])
+    groups, xs, ys = [], [], []
+    for g in candidates:
+        ks = [keys(g, u) for u in units]
+        if units and all(kx in x and ky in y for kx, ky in ks):
+            groups.append(g)
+            xs.append([x[kx] for kx, _ in ks])
+            ys.append([y[ky] for _, ky in ks])
+    return groups, units, np.array(xs), np.array(ys), len(candidates) - len(groups)
 
 
-def predictor_correlations(rows: list[dict[str, Any]]) -> list[Correlation]:
-    """Spearman correlation of every predictor with ΔP and with ΔR over all adapted models."""
+def prediction_tests(rows: list[dict[str, Any]], scope: str = ACROSS_TASKS,
+                     predictor: str | None = None) -> list[PredictionTest]:
+    """Every predictor of the run against every outcome of ``TARGETS``, in ``scope``:
+
+    - ``"tasks"``: across the tasks, within each adapted (backbone, recipe, method): is the
+      outcome worse on the tasks the predictor calls harder?
+    - ``"models"``: across the (backbone, recipe) pairs, within each (method, task), for the
+      predictors that depend on the model only (``analysis.predict.depends_on_model``):
+      does the predictor pick the backbone that fares best?
+
+    Each is ``analysis.statistics.grouped_spearman`` on the complete groups (seed 0, so a
+    report is the same every time it is made). Order: ``predictors_present``, then ``TARGETS``;
+    ``predictor``: that one only.
+    """
+    from ..analysis.predict import depends_on_model
+    from ..analysis.statistics import grouped_spearman
+
+    if scope not in SCOPES:
+        raise ConfigError("scope", f"expected one of {', '.join(SCOPES)}, got {scope!r}")
+    preds, outcomes = predictor_values(rows), outcome_values(rows)
     out = []
     for p in predictors_present(rows):
-        pts = predictor_points(rows, p)
-        for target in ("dP", "dR"):
-            rho, pv = spearman([q.x for q in pts], [getattr(q, target) for q in pts])
-            out.append(Correlation(p, target, rho, pv, len(pts)))
+        if (predictor is not None and p != predictor) or (scope == ACROSS_MODELS and not depends_on_model(p)):
+            continue
+        for target in TARGETS:
+            if target not in outcomes:
+                continue
+            groups, units, xs, ys, left_out = _grid(preds.get(p, {}), outcomes[target], scope)
+            result = grouped_spearman(xs, ys) if groups else None
+            out.append(PredictionTest(p, target, scope, tuple(groups), tuple(units), left_out, result))
     return out

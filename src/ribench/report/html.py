@@ -3,13 +3,14 @@
 CSS, JavaScript (a small table sorter) and every plot (SVG) are inline; the page loads
 nothing else. Sections, each left out when the run has no data for it:
 
-1. summary per (backbone, recipe, method): mean ± std over tasks and seeds, sortable;
+1. summary per (backbone, recipe, method): mean and 95% t-interval over (task, seed) runs, sortable;
 2. inheritance matrices (heatmaps of the change from m0) per method;
 3. radar charts of accuracy per eval set, m0 against each method;
 4. corruption breakdown by corruption and severity;
 5. robust accuracy under attack (when attack rows exist);
-6. ΔP and ΔR against OTDD and transferability scores, with Spearman correlations
-   (when analysis rows exist);
+6. did the prediction hold: OTDD and transferability scores against ID acc, ΔR and ΔP,
+   Spearman's ρ per group of independent units, with intervals and permutation p-values
+   (``prediction.prediction_tables``, the same tables as report.md; when analysis rows exist);
 7. WiSE-FT curves (when curve rows exist);
 8. what changed inside the models: diagnostics per method and CKA by layer (diagnose rows);
 9. merged models against the individually fine-tuned ones (normalised accuracy);
@@ -31,7 +32,8 @@ from typing import Any
 from . import aggregate as agg
 from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
 from .rundata import RunData, load_run
-from .tables import backbone_names, merged_table
+from .prediction import GROUP_HEADERS, PREDICTION_GUIDE, prediction_notes, prediction_tables
+from .tables import INTERVAL_NOTE, NO_INTERVAL, ONE_RUN, backbone_names, merged_table
 
 # (metric, header, kind, tooltip); kind picks the format: pct (fraction shown in %),
 # delta (fraction shown as signed points), ratio, int, sec
@@ -70,7 +72,7 @@ table.sortable th:hover { background: #eef2f8; }
 table.sortable th[aria-sort="ascending"]::after { content: " ▲"; font-size: .75em; }
 table.sortable th[aria-sort="descending"]::after { content: " ▼"; font-size: .75em; }
 tr.m0 td { background: var(--m0); }
-.sd { color: var(--muted); font-size: .78em; display: block; line-height: 1.1; }
+.sd, .ci { color: var(--muted); font-size: .78em; display: block; line-height: 1.1; }
 .neg { color: #b2182b; } .pos { color: #2166ac; }
 .table-wrap { overflow-x: auto; }
 .plots { display: flex; flex-wrap: wrap; gap: 18px; }
@@ -116,24 +118,25 @@ SORT_JS = """
 """
 
 
-def _num(stat: agg.Stat | None, kind: str) -> tuple[str, str]:
-    """(data-value, html text) of a summary cell."""
+def _num(stat: agg.Stat | None, kind: str, spread: str = "sd") -> tuple[str, str]:
+    """(data-value, html text) of a summary cell: the mean and below it, by ``spread``, the
+    standard deviation ("sd"), the 95% t-interval ("interval"; "n/a: one run" for a single
+    value) or nothing ("none")."""
     if stat is None or stat.n == 0 or not math.isfinite(stat.mean):
         return "", "–"
-    m, s = stat.mean, stat.std
-    if kind == "pct":
-        text, sd = f"{100 * m:.1f}", f"{100 * s:.1f}"
-    elif kind == "delta":
-        text, sd = f"{100 * m:+.1f}", f"{100 * s:.1f}"
-    elif kind == "ratio":
-        text, sd = f"{m:.3f}", f"{s:.3f}"
-    elif kind == "int":
-        text, sd = f"{m:,.0f}", f"{s:,.0f}"
-    else:
-        text, sd = f"{m:.1f}", f"{s:.1f}"
+    fmt = {"pct": lambda v: f"{100 * v:.1f}", "delta": lambda v: f"{100 * v:+.1f}", "ratio": lambda v: f"{v:.3f}",
+           "int": lambda v: f"{v:,.0f}"}.get(kind, lambda v: f"{v:.1f}")
+    m = stat.mean
+    text = fmt(m)
     if kind == "delta" and round(100 * m, 1) != 0:
         text = f'<span class="{"neg" if m < 0 else "pos"}">{text}</span>'
-    if stat.n > 1:
+    if spread == "interval":
+        if stat.n < 2:
+            text += f' <span class="ci">{ONE_RUN}</span>'
+        elif math.isfinite(stat.lo) and math.isfinite(stat.hi):
+            text += f' <span class="ci">[{fmt(stat.lo)}, {fmt(stat.hi)}]</span>'
+    elif spread == "sd" and stat.n > 1:
+        sd = f"{100 * stat.std:.1f}" if kind == "delta" else fmt(stat.std)
         text += f' <span class="sd">± {sd}</span>'
     return repr(m), text
 
@@ -156,7 +159,7 @@ def summary_html(run: RunData) -> str:
                                                                         "m0 (pretrained)" if s.method == agg.PRETRAINED else s.method)]
         cells += [f'<td data-value="{len(v)}">{len(v)}</td>' if v else '<td data-value="">–</td>' for v in (s.tasks, s.seeds)]
         for metric, _, kind, _ in cols:
-            value, text = _num(s.stats.get(metric), kind)
+            value, text = _num(s.stats.get(metric), kind, "none" if metric in NO_INTERVAL else "interval")
             cells.append(f'<td data-value="{value}">{text}</td>')
         cls = ' class="m0"' if s.method == agg.PRETRAINED else ""
         body.append(f"<tr{cls} data-method=\"{escape(s.method)}\">{''.join(cells)}</tr>")
@@ -164,24 +167,21 @@ def summary_html(run: RunData) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def correlations_html(run: RunData) -> str:
-    rows = []
-    by_pred: dict[str, dict[str, agg.Correlation]] = {}
-    for c in agg.predictor_correlations(run.rows):
-        by_pred.setdefault(c.predictor, {})[c.target] = c
-    for p, cs in by_pred.items():
-        cells = [f'<td class="label">{escape(agg.PREDICTOR_NAMES.get(p, p))}</td>']
-        for t in ("dP", "dR"):
-            c = cs[t]
-            ok = math.isfinite(c.rho)
-            cells.append(f'<td data-value="{repr(c.rho) if ok else ""}">{f"{c.rho:+.2f}" if ok else "–"}</td>')
-            cells.append(f'<td data-value="{repr(c.p) if ok else ""}">{f"{c.p:.2g}" if ok else "–"}</td>')
-        cells.append(f'<td data-value="{cs["dP"].n}">{cs["dP"].n}</td>')
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    head = ('<th class="label">predictor</th><th>ρ with ΔP</th><th>p</th><th>ρ with ΔR</th><th>p</th>'
-            '<th title="adapted models">n</th>')
-    return (f'<table class="sortable" id="correlation-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>")
+def prediction_html(run: RunData) -> str:
+    """The tables of "Did the prediction hold?", the very ones report.md shows
+    (``prediction.prediction_tables``), and the note on predictors that rank no model."""
+    parts = []
+    for scope, table_id in ((agg.ACROSS_TASKS, "correlation-table"), (agg.ACROSS_MODELS, "model-correlation-table")):
+        tables = prediction_tables(run.rows, scope)
+        if tables is None:
+            continue
+        summary, detail = tables
+        parts.append(f"<h3>{escape(summary.title)}</h3>" + table_html(summary, table_id, label_columns=2))
+        parts.append(f"<details><summary>{escape(detail.title)}</summary>"
+                     + table_html(detail, f"{table_id}-groups", label_columns=len(GROUP_HEADERS[scope]) + 1)
+                     + "</details>")
+    parts += [f'<p class="note">{escape(note)}</p>' for note in prediction_notes(run.rows)]
+    return "".join(parts)
 
 
 def diagnostics_html(run: RunData) -> str:
@@ -282,17 +282,15 @@ def failures_html(run: RunData) -> str:
 
 
 GUIDE = {
-    "summary": "One row per backbone, pretraining recipe and method: mean ± standard deviation over fine-tuning "
-               "tasks and seeds; m0 rows are the pretrained model itself. Accuracies in %, ΔR and ΔP in points "
-               "(negative: robustness lost, forgetting). Click a column header to sort.",
+    "summary": "One row per backbone, pretraining recipe and method; m0 rows are the pretrained model itself. "
+               + INTERVAL_NOTE + " Accuracies in %, ΔR and ΔP in points (negative: robustness lost, forgetting). "
+               "Click a column header to sort (by the mean).",
     "inheritance": "How adaptation to one task changes accuracy everywhere else. Each cell: accuracy on the column's "
                    "eval set (%), and in brackets its change from m0.",
     "radar": "The shape of robustness: how far each method's polygon falls inside m0's, and on which eval sets.",
     "corruptions": "Which corruptions, at which severity, lose the most accuracy after adaptation.",
     "attacks": "Accuracy under adversarial attack as the budget grows.",
-    "predictors": "Whether a score computed before any training (dataset distance or transferability) predicts "
-                  "forgetting (ΔP) and the change of OOD robustness (ΔR). Spearman's ρ over all adapted models; "
-                  "p is its two-sided p-value (small n: read with care).",
+    "predictors": PREDICTION_GUIDE.replace("\n", " "),
     "wise_ft": "Weight-space ensembles of m0 and the fine-tuned model: how much OOD robustness interpolation "
                "buys back for how much ID accuracy.",
     "merged": "One merged model (task arithmetic, TIES, Fisher merging, aTLAS...) serves every task. Each cell: "
@@ -318,7 +316,7 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
             continue
         body = f'<p class="note">{escape(GUIDE[sec])}</p>'
         if sec == "predictors":
-            body += correlations_html(run)
+            body += prediction_html(run)
         if sec == "inside":
             body += diagnostics_html(run)
         sections.append((sec.replace("_", "-"), SECTIONS[sec], body + _figures(by_section[sec])))

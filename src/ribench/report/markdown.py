@@ -9,8 +9,18 @@ from rich.table import Table as RichTable
 
 from ..core.errors import DataError
 from ..engine.store import ResultsStore
-from .prediction import prediction_table, ranking_tables
-from .tables import Table, backbone_names, diagnostics_table, failures_table, inheritance_tables, merged_table, summary_table
+from .aggregate import SCOPES
+from .prediction import PREDICTION_GUIDE, prediction_notes, prediction_tables, ranking_tables
+from .tables import (
+    INTERVAL_NOTE,
+    Table,
+    backbone_names,
+    diagnostics_table,
+    failures_table,
+    inheritance_tables,
+    merged_table,
+    summary_table,
+)
 
 GUIDE = """\
 How to read this: *ID acc* is accuracy on the task the model was adapted to; *R* is the
@@ -38,19 +48,26 @@ of the run. Each task's column is its accuracy there divided by the accuracy of 
 fine-tuned on that task alone (same seed): 100 means merging lost nothing on that task."""
 
 
-PREDICTION_GUIDE = """\
-Before fine-tuning, ribench measures each task's distance from the pretraining data
-(OTDD, in pixels and in the pretrained model's features; lower = closer) and how well
-the frozen pretrained features suit it (transferability scores; higher = better). Each
-cell below correlates one predictor with what fine-tuning then did, over every adapted
-(backbone, recipe, method, task). A predictor that holds has a large |ρ|; expect
-distances to correlate negatively with ID accuracy and ΔP. See docs/analysis.md."""
-
-
 def _md(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(t.headers) + " |", "|" + "---|" * len(t.headers)]
     lines += ["| " + " | ".join(r) + " |" for r in t.rows]
     return "\n".join(lines) + "\n"
+
+
+def prediction_markdown(rows: list) -> list[str]:
+    """The "Did the prediction hold?" section (the tables the HTML report shows too), or []
+    when the run has no analysis rows."""
+    across = [prediction_tables(rows, scope) for scope in SCOPES]
+    if across[0] is None:
+        return []
+    parts = ["## Did the prediction hold?", "", PREDICTION_GUIDE, ""]
+    for tables in across:
+        if tables is not None:
+            parts += [_md(t) for t in tables]
+    for note in prediction_notes(rows):
+        parts += [note, ""]
+    parts += [_md(t) for t in ranking_tables(rows)]
+    return parts
 
 
 def open_store(out_dir: str | Path) -> ResultsStore:
@@ -95,17 +112,14 @@ def write_report(out_dir: str | Path, figures: bool = False) -> Path:
              f"Suite `{spec.get('suite')}`, backbones {', '.join(backbone_names(spec))}, recipes {spec.get('recipes')}, "
              f"seeds {spec.get('seeds')}. {sum(c['status'] == 'done' for c in cells)} cells done, "
              f"{sum(c['status'] == 'failed' for c in cells)} failed.", "", GUIDE, "## Summary per method", "",
-             _md(summary_table(rows))]
+             INTERVAL_NOTE, "", _md(summary_table(rows))]
     if env.get("suite"):
         parts += ["## Inheritance tables (accuracy %, change from m0 in brackets)", ""]
         parts += [_md(t) for t in inheritance_tables(rows, env["suite"])]
     merged = merged_table(rows)
     if merged is not None:
         parts += ["## Merged models", "", MERGED_GUIDE, "", _md(merged)]
-    predicted = prediction_table(rows)
-    if predicted is not None:
-        parts += ["## Did the prediction hold?", "", PREDICTION_GUIDE, "", _md(predicted)]
-        parts += [_md(t) for t in ranking_tables(rows)]
+    parts += prediction_markdown(rows)
     inside = diagnostics_table(rows)
     if inside is not None:
         parts += ["## What changed inside the models", "", INSIDE_GUIDE, "", _md(inside)]

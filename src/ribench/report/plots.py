@@ -24,6 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from . import aggregate as agg
+from .prediction import correlation_text
 from .rundata import FIGURE_INDEX, FIGURES_DIR, RunData, load_run, read_figure_index
 
 SECTIONS = {
@@ -212,7 +213,8 @@ def _curves_figure(curves: dict[str, dict[str, list]], colors: dict[str, str], m
 
 
 def predictor_figure(run: RunData, predictor: str, colors: dict[str, str]) -> tuple[Figure, str] | None:
-    """ΔP and ΔR of every adapted model against one predictor, Spearman ρ in the titles."""
+    """ΔP and ΔR of every adapted model against one predictor; the titles give the test
+    across tasks of the report's tables (``prediction.correlation_text``), not a pooled ρ."""
     pts = agg.predictor_points(run.rows, predictor)
     if not pts:
         return None
@@ -221,15 +223,15 @@ def predictor_figure(run: RunData, predictor: str, colors: dict[str, str]) -> tu
     axes = fig.subplots(1, 2)
     summary = []
     methods = [m for m in agg.method_order(run.rows) if any(p.method == m for p in pts)]
+    tests = {t.target: t for t in agg.prediction_tests(run.rows, agg.ACROSS_TASKS, predictor)}
     for ax, target, label in ((axes[0], "dP", "ΔP (points)"), (axes[1], "dR", "ΔR (points)")):
         for m in methods:
             sel = [p for p in pts if p.method == m]
             ax.scatter([p.x for p in sel], [100 * getattr(p, target) for p in sel], s=22, color=colors.get(m, "#444444"),
                        label=m, edgecolors="white", linewidths=0.5)
-        rho, pv = agg.spearman([p.x for p in pts], [getattr(p, target) for p in pts])
-        rho_text = f"ρ = {rho:+.2f} (p = {pv:.2g}, n = {len(pts)})" if math.isfinite(rho) else f"ρ undefined (n = {len(pts)})"
+        rho_text = correlation_text(tests[target]) if target in tests else "ρ undefined"
         summary.append(f"{label.split()[0]} {rho_text}")
-        ax.set_title(f"{label.split()[0]} vs {name}: Spearman {rho_text}", fontsize=9)
+        ax.set_title(f"{label.split()[0]} vs {name}, across tasks:\nSpearman {rho_text}", fontsize=9)
         ax.axhline(0, color="#999999", linewidth=0.8)
         ax.set_xlabel(name)
         ax.set_ylabel(label)

@@ -1,8 +1,8 @@
 """Tables of results, built from the store's flat metric rows.
 
-- ``summary_table``: one row per (backbone, recipe, method), mean ± std over tasks and
-  seeds of the protocol's numbers; the pretrained model m0 is the first row of each
-  (backbone, recipe) group.
+- ``summary_table``: one row per (backbone, recipe, method), mean and 95% t-interval over
+  (task, seed) runs of the protocol's numbers; the pretrained model m0 is the first row
+  of each (backbone, recipe) group.
 - ``inheritance_tables``: per (backbone, recipe, method), fine-tuning task (rows) by
   eval set (columns): accuracy, and its change from m0. Corruption sets are folded into
   one column, their mean accuracy.
@@ -63,22 +63,56 @@ def _method_order(rows: Iterable[dict[str, Any]]) -> list[str]:
 
 
 CONSOLE_COLUMNS = ("id_acc", "R", "dR", "P_acc", "dP", "corr_acc", "mCE", "id_ece")
+NO_INTERVAL = {"trainable_params", "train_seconds"}  # settings and costs, not results: means only
+ONE_RUN = "n/a: one run"
+INTERVAL_NOTE = ("Each cell: the mean over the row's (task, seed) runs and, in brackets, its 95% t-interval "
+                 "(mean ± t(0.975, n−1)·s/√n over those n runs, each run one unit); \"n/a: one run\" where the row "
+                 "has a single run (m0, or one task and one seed). Parameters and seconds: means only.")
+
+
+def _unit(metric: str):
+    """The formatter of one value of ``metric``: %, signed points (ΔR, ΔP) or a ratio."""
+    if metric in ("id_nll", "mCE", "rel_mCE"):
+        return lambda v: f"{v:.3f}"
+    if metric in ("dR", "dP"):
+        return lambda v: f"{100 * v:+.1f}"
+    return lambda v: f"{100 * v:.1f}"
+
+
+def format_stat(stat, metric: str, interval: bool = True) -> str:
+    """A summary cell from an ``aggregate.Stat``: the mean in the metric's unit and, with
+    ``interval``, its 95% t-interval in brackets ("n/a: one run" for a single run).
+    Parameters and seconds (``NO_INTERVAL``): the mean only."""
+    if stat is None or stat.n == 0:
+        return "–"
+    if metric == "trainable_params":
+        return f"{stat.mean:,.0f}"
+    if metric == "train_seconds":
+        return f"{stat.mean:.1f}"
+    fmt = _unit(metric)
+    text = fmt(stat.mean)
+    if interval:
+        if stat.n < 2:
+            text += f" ({ONE_RUN})"
+        elif np.isfinite(stat.lo) and np.isfinite(stat.hi):
+            text += f" [{fmt(stat.lo)}, {fmt(stat.hi)}]"
+    return text
 
 
 def summary_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
-    """``compact``: the console's version, means only and fewer columns."""
-    groups: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["eval_set"] == SUMMARY and r["method"] != ANALYSIS and r["value"] is not None:  # NaN is stored as NULL
-            groups[(r["backbone"], r["recipe"], r["method"])][r["metric"]].append(r["value"])
-    order = _method_order(rows)
-    keys = sorted(groups, key=lambda k: (k[0], k[1], order.index(k[2])))
-    present = {m for g in groups.values() for m in g}
+    """One row per (backbone, recipe, method) (``aggregate.summarize_methods``, as the HTML
+    report): the mean and 95% t-interval of each summary metric over tasks and seeds.
+    ``compact``: the console's version, means only and fewer columns."""
+    from .aggregate import summarize_methods
+
+    summaries = summarize_methods(rows)
+    present = {m for s in summaries for m in s.stats}
     cols = [(m, h) for m, h in SUMMARY_COLUMNS
             if (not compact or m in CONSOLE_COLUMNS) and (m not in OPTIONAL_COLUMNS or m in present)]
     headers = ["backbone", "recipe", "method"] + [h for _, h in cols]
-    body = [[*k, *(_fmt(groups[k].get(m, []), m, spread=not compact) for m, _ in cols)] for k in keys]
-    what = "mean over tasks and seeds" if compact else "mean ± std over tasks and seeds"
+    body = [[s.backbone, s.recipe, s.method, *(format_stat(s.stats.get(m), m, interval=not compact) for m, _ in cols)]
+            for s in summaries]
+    what = "mean over tasks and seeds" if compact else "mean [95% t-interval] over (task, seed) runs"
     return Table(f"Summary (accuracies in %, {what})", headers, body)
 
 
