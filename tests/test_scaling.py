@@ -208,44 +208,100 @@ def test_status_and_retry_commands(tmp_path, capsys):
 
 
 # --- Ray -------------------------------------------------------------------------
-def _ray_cluster(tmp_path):
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_processes_under(folder: Path) -> None:
+    """Kill every process whose command line names ``folder`` (this test's Ray cluster), and their children.
+    Unlike `ray stop`, this leaves any other Ray cluster of the machine alone."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(str(folder) in a for a in p.info["cmdline"] or ())]
+    procs = {}
+    for r in roots:
+        try:
+            procs.update({q.pid: q for q in [r, *r.children(recursive=True)]})
+        except psutil.NoSuchProcess:
+            pass
+    for q in procs.values():
+        try:
+            q.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(list(procs.values()), timeout=30)
+
+
+def _reset_ray_auth_cache() -> None:
+    """Ray caches its configuration and token per process; a test that changes them starts afresh."""
     try:
-        import ray  # noqa: F401
+        from ray._private.authentication_test_utils import reset_auth_token_state
+    except ImportError:
+        return
+    reset_auth_token_state()
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A two-node local Ray cluster with token authentication, in its own home, temp dir and port.
+
+    The driver (this process) is only told where the token is (RAY_AUTH_TOKEN_PATH), as a user
+    whose ~/.ray/auth_token exists: the ray runner must turn token authentication on itself.
+    The cluster's processes are killed at the end, whether the test passed or not.
+    """
+    try:
+        import ray
     except ImportError:
         pytest.skip("Ray is not installed (pip install 'ribench[ray]')")
+    import secrets
+    import tempfile
+
     ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     if not os.path.exists(ray_bin):
         pytest.skip("the `ray` command is not on PATH")
-    port = 6390 + os.getpid() % 500
-    import tempfile
-
-    temp = tempfile.mkdtemp(prefix="rbray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                           "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp}"],
-                          capture_output=True, text=True, env=env, timeout=120)
-    if head.returncode != 0:
-        pytest.skip(f"Ray could not start a head node here: {head.stderr[-500:]}")
-    worker = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                             "--num-cpus=1"], capture_output=True, text=True, env=env, timeout=120)
-    return ray_bin, port, env, worker.returncode == 0
-
-
-def test_ray_cluster_matches_serial(reference, tmp_path):
-    ray_bin, port, env, two_nodes = _ray_cluster(tmp_path)
+    home = Path(tempfile.mkdtemp(prefix="rbray", dir="/tmp"))  # Ray's socket paths must stay under 107 bytes
+    token = home / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=str(home), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
+               RAY_USAGE_STATS_ENABLED="0")
+    for var in [k for k in os.environ if k.startswith("RAY_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("RAY_TMPDIR", str(home))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    _reset_ray_auth_cache()
     try:
-        import ray
-
-        out = tmp_path / "ray"
-        res = run(parse_spec(SPEC), out, options=RunOptions(runner="ray", address=f"127.0.0.1:{port}", threads=1,
-                                                            quiet=True))
-        assert two_nodes and len(ray.nodes()) >= 2
-        assert res.ok and res.ran == N_CELLS
-        assert numbers(out) == numbers(reference)
+        head = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                               "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={home / 'ray'}"],
+                              capture_output=True, text=True, env=env, timeout=120)
+        if head.returncode != 0:
+            pytest.skip(f"Ray could not start a head node here: {head.stderr[-500:]}")
+        worker = subprocess.run([ray_bin, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                                 "--num-cpus=1"], capture_output=True, text=True, env=env, timeout=120)
+        yield {"address": f"127.0.0.1:{port}", "two_nodes": worker.returncode == 0, "worker_log": worker.stderr}
     finally:
         try:
-            import ray
-
             ray.shutdown()
         finally:
-            subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+            _kill_processes_under(home)
+            _reset_ray_auth_cache()
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def test_ray_cluster_matches_serial(reference, tmp_path, ray_cluster):
+    import ray
+
+    out = tmp_path / "ray"
+    res = run(parse_spec(SPEC), out, options=RunOptions(runner="ray", address=ray_cluster["address"], threads=1,
+                                                        quiet=True))
+    assert ray_cluster["two_nodes"], ray_cluster["worker_log"][-500:]
+    assert res.ok and res.ran == N_CELLS
+    assert numbers(out) == numbers(reference)
+    assert os.environ["RAY_AUTH_MODE"] == "token"  # the runner found the token and sent it
+    ray.init(address=ray_cluster["address"], include_dashboard=False, log_to_driver=False)
+    assert len(ray.nodes()) >= 2

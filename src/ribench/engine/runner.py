@@ -6,10 +6,19 @@ on the executor (serial, pool or Ray), and recorded in one transaction when it r
 A failing cell is retried ``retries`` times with exponential backoff, then recorded as
 failed with its error and traceback; the cells that depend on it are skipped and the
 rest of the grid goes on. Cells recorded as failed by an earlier run are skipped unless
-``retry_failed`` (``ribench retry``). Killing the driver at any moment, even with
-SIGKILL, loses at most the cells in flight: their claims go stale and the next run on
-the same folder does exactly the missing cells. Every event is appended to
-``events.jsonl`` in the output folder.
+``retry_failed`` (``ribench retry``), except those whose worker process died (failure
+``worker``): every run tries them again. Killing the driver at any moment, even with
+SIGKILL, loses at most the cells in flight: their claims go stale, the pool workers die
+with the driver, and the next run on the same folder does exactly the missing cells.
+
+When a pool worker dies, the pool is rebuilt and the cells that were in flight are
+submitted again without counting an attempt against them, except the cell that was
+running in the dead worker, which is charged one attempt. When that cell cannot be
+told, none is charged, and a cell in flight during ``MAX_WORKER_LOSSES`` such deaths is
+recorded as failed. A finished cell whose artifact is missing or damaged (its size, and
+its SHA-256 when a pending cell is about to read it) is computed again.
+
+Every event is appended to ``events.jsonl`` in the output folder.
 """
 
 from __future__ import annotations
@@ -25,24 +34,26 @@ import uuid
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import __version__
-from ..core.errors import ConfigError, UnknownNameError
+from ..core.errors import ConfigError, DataError, UnknownNameError
 from ..core.runtime import resolve_device
 from ..data import build_suite
 from .artifacts import ArtifactStore
 from .execute import CellResult
-from .executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, WorkerContext
+from .executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, WorkerContext, clean_markers
 from .plan import Cell, plan
 from .progress import make_progress
 from .spec import RunSpec
 from .store import ResultsStore
 
 RUNNERS = ("serial", "pool", "ray")
+MAX_WORKER_LOSSES = 3  # deaths of an unknown worker a cell may be in flight for before it is recorded failed
 
 
 @dataclass
@@ -108,17 +119,38 @@ def plan_run(spec: RunSpec):
 
 class EventLog:
     def __init__(self, path: Path):
-        self._f = open(path, "a", buffering=1)
+        self.path = path
+        try:
+            self._f = open(path, "a", buffering=1)
+        except OSError as e:
+            raise DataError(f"event log {path}: cannot open ({e})") from e
 
     def __call__(self, event: str, cell: Cell | None = None, **extra) -> None:
         rec = {"t": round(time.time(), 3), "event": event}
         if cell is not None:
             rec.update(key=cell.key, kind=cell.kind, labels=cell.labels)
         rec.update(extra)
-        self._f.write(json.dumps(rec, default=str) + "\n")
+        try:
+            self._f.write(json.dumps(rec, default=str) + "\n")
+        except OSError as e:
+            raise DataError(f"event log {self.path}: cannot write ({e}); free disk space and run again") from e
 
     def close(self) -> None:
-        self._f.close()
+        with suppress(OSError):
+            self._f.close()
+
+
+def _shut_down(steps: list, raise_errors: bool) -> None:
+    """Run every clean-up step. An error in one does not stop the others; the first is raised only
+    when ``raise_errors`` (no earlier error is on its way out, which it would otherwise hide)."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - every step runs; the first error is kept
+            first = first or e
+    if first is not None and raise_errors:
+        raise first
 
 
 def _executor(opts: RunOptions, ctx: WorkerContext):
@@ -143,7 +175,6 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     if opts.kinds is not None:
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
-    ArtifactStore(out / "artifacts")
     store = ResultsStore(out / "results.sqlite")
     corruptions = {k: list(v) for k, v in suite.corruptions.items()}
     eval_sets = list(suite.eval_sets)
@@ -160,32 +191,70 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
     events("run_start", runner=opts.runner, workers=opts.workers, cells=len(cells), owner=owner)
+    artifacts = ArtifactStore(out / "artifacts")
+    # what killed writers left behind; every writer is on this host unless cells run on a Ray cluster
+    removed = artifacts.clean_temporary(local_writers=not (opts.runner == "ray" and opts.address))
+    clean_markers(out / ".workers")
+    if removed:
+        events("cleaned", files=[str(p) for p in removed])
     stop_beat = threading.Event()
 
     def beat() -> None:
         hb = ResultsStore(out / "results.sqlite")
         while not stop_beat.wait(min(10.0, opts.stale_after / 4)):
-            hb.heartbeat(owner)
+            with suppress(DataError):  # e.g. a full disk: the run's own next write reports it
+                hb.heartbeat(owner)
         hb.close()
 
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
-    executor = _executor(opts, ctx)
-    result = RunOutcome(out, len(cells))
-    try:
-        with make_progress(quiet) as prog:
-            _drive(cells, store, executor, opts, owner, result, events, prog, ArtifactStore(out / "artifacts"))
-    finally:
+    def stop_heartbeat() -> None:
         stop_beat.set()
         beater.join()  # its connection closes before ours: no WAL files change after run() returns
-        executor.close()
-        store.release_claims(owner)
-        store.close()
+
+    def end() -> None:
         result.seconds = time.perf_counter() - t_start
         events("run_end", ran=result.ran, cached=result.cached, failed=len(result.failed), skipped=result.skipped,
                seconds=round(result.seconds, 3))
-        events.close()
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    executor = None
+    result = RunOutcome(out, len(cells))
+    ended_by_error = True
+    try:
+        executor = _executor(opts, ctx)
+        with make_progress(quiet) as prog:
+            _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
+        ended_by_error = False
+    finally:
+        # every step runs even if one before it fails, and none hides the error that ended the run
+        _shut_down([stop_heartbeat, executor.close if executor else (lambda: None),
+                    lambda: store.release_claims(owner), store.close, end, events.close],
+                   raise_errors=not ended_by_error)
     return result
+
+
+def _reusable(cells: list[Cell], status: dict[str, str], artifacts: ArtifactStore, store: ResultsStore,
+              events: EventLog, prog) -> set[str]:
+    """Keys of the finished cells whose output can be used as it is.
+
+    A finished cell's artifact must have its sealed size; one that a pending cell is about
+    to read must also match its SHA-256. A damaged artifact is removed with the cell's
+    record, so that the cell is computed again (and logged as ``damaged``), not failed.
+    """
+    read_now = {d for c in cells if status.get(c.key) != "done" for d in c.deps}
+    done = set()
+    for c in cells:
+        if status.get(c.key) != "done":
+            continue
+        damage = artifacts.check(c.key, full=c.key in read_now) if c.produces_artifact else None
+        if damage is None:
+            done.add(c.key)
+            continue
+        events("damaged", c, reason=damage)
+        prog.log(f"[yellow]recomputing[/yellow] {c.describe()}: {damage}")
+        artifacts.discard(c.key)
+        store.forget_cell(c.key)
+    return done
 
 
 def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts) -> None:
@@ -196,18 +265,19 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
         for d in c.deps:
             children.setdefault(d, []).append(c)
     status = store.statuses()
-    done = {c.key for c in cells
-            if status.get(c.key) == "done" and (not c.produces_artifact or artifacts.has(c.key))}
+    done = _reusable(cells, status, artifacts, store, events, prog)
     result.cached = len(done)
     grid = prog.add_task(f"grid ({executor.name})", total=len(cells))
     prog.advance(grid, len(done))
-    failed_before = {k for k, v in status.items() if v == "failed"} if not opts.retry_failed else set()
+    # a cell whose worker died is tried again by every run; one that failed by itself waits for `ribench retry`
+    failed_before = set() if opts.retry_failed else {k for k, f in store.failures().items() if f != "worker"}
     missing = {c.key: sum(d not in done for d in c.deps) for c in cells if c.key not in done}
     ready = deque(c for c in cells if c.key in missing and missing[c.key] == 0)
     elsewhere: set[str] = set()  # claimed by another live driver
     delayed: list[tuple[float, Cell]] = []  # (not before, cell) waiting out a retry backoff
     running: dict[Future, tuple[Cell, int, int]] = {}  # future -> (cell, attempt, progress task)
     attempts: dict[str, int] = {}
+    losses: dict[str, int] = {}  # deaths of an unknown worker while the cell was in flight
     records: dict[str, CellResult] = {}
     broken: set[str] = set()
 
@@ -243,11 +313,22 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
             prog.advance(grid)
             stack.extend(children.get(c.key, ()))
 
+    def fail(cell: Cell, attempt: int, outcome: Outcome) -> None:
+        store.fail_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds, outcome.error,
+                        outcome.traceback, failure=outcome.failure)
+        broken.add(cell.key)
+        missing.pop(cell.key, None)
+        result.failed.append((cell, outcome.error))
+        events("failed", cell, attempt=attempt, error=outcome.error, worker=outcome.worker, failure=outcome.failure)
+        prog.log(f"[red]failed[/red] {cell.describe()}: {outcome.error}")
+        prog.advance(grid)
+        block(cell.key, f"dependency {cell.describe()} failed")
+
     def on_outcome(cell: Cell, attempt: int, outcome: Outcome) -> None:
-        started = time.time() - outcome.seconds
         if outcome.ok:
-            store.finish_cell(cell.key, cell.kind, cell.labels, cell.config, started, outcome.result.metrics,
-                              {**outcome.result.info, "worker": outcome.worker, "attempts": attempt})
+            store.finish_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds,
+                              outcome.result.metrics, {**outcome.result.info, "worker": outcome.worker,
+                                                       "attempts": attempt})
             result.ran += 1
             events("done", cell, attempt=attempt, seconds=round(outcome.seconds, 3), worker=outcome.worker)
             prog.advance(grid)
@@ -259,14 +340,32 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
             events("retry", cell, attempt=attempt, error=outcome.error, delay=delay)
             prog.log(f"[yellow]retrying[/yellow] {cell.describe()} in {delay:g} s: {outcome.error}")
         else:
-            store.fail_cell(cell.key, cell.kind, cell.labels, cell.config, started, outcome.error, outcome.traceback)
-            broken.add(cell.key)
-            missing.pop(cell.key, None)
-            result.failed.append((cell, outcome.error))
-            events("failed", cell, attempt=attempt, error=outcome.error, worker=outcome.worker)
-            prog.log(f"[red]failed[/red] {cell.describe()}: {outcome.error}")
-            prog.advance(grid)
-            block(cell.key, f"dependency {cell.describe()} failed")
+            fail(cell, attempt, outcome)
+
+    def on_pool_break() -> None:
+        """A worker died, and every cell in flight is lost with its pool. The cell that ran in the
+        dead worker is charged that attempt; the others go back to the queue as if never started."""
+        lost = dict(running)
+        running.clear()
+        wait(list(lost), timeout=60)  # a broken pool fails all its futures at once
+        death = executor.recover({cell.key for cell, _, _ in lost.values()})
+        events("worker_died", message=death.message, culprit=death.culprit)
+        prog.log(f"[yellow]worker pool rebuilt[/yellow]: {death.message}")
+        for fut, (cell, attempt, task) in lost.items():
+            prog.remove_task(task)
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                on_outcome(cell, attempt, fut.result())  # it finished just before the death
+            elif cell.key == death.culprit:
+                on_outcome(cell, attempt, Outcome(False, error=death.message, failure="worker"))
+            elif not death.attributed and losses.get(cell.key, 0) + 1 >= MAX_WORKER_LOSSES:
+                fail(cell, attempt, Outcome(False, error=f"a worker process died {MAX_WORKER_LOSSES} times while this "
+                                            f"cell ran; the last time: {death.message}", failure="worker"))
+            else:
+                if not death.attributed:
+                    losses[cell.key] = losses.get(cell.key, 0) + 1
+                attempts[cell.key] -= 1  # not its fault: this attempt does not count
+                ready.appendleft(cell)
+                events("requeued", cell, reason=death.message)
 
     while missing:
         now = time.time()
@@ -298,16 +397,16 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
             running[fut] = (cell, attempt, task)
         if running:
             complete, _ = wait(list(running), timeout=opts.poll, return_when=FIRST_COMPLETED)
+            if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in complete):
+                on_pool_break()
+                continue
             for fut in complete:
                 cell, attempt, task = running.pop(fut)
                 prog.remove_task(task)
                 try:
                     outcome: Outcome = fut.result()
-                except BrokenProcessPool as e:
-                    outcome = Outcome(False, error=f"worker process died: {e}")
-                    executor.reset()
-                except Exception as e:  # noqa: BLE001 - e.g. a Ray worker lost mid-cell
-                    outcome = Outcome(False, error=f"{type(e).__name__}: {e}")
+                except Exception as e:  # noqa: BLE001 - e.g. a Ray worker or node lost mid-cell
+                    outcome = Outcome(False, error=f"{type(e).__name__}: {e}", failure="worker")
                 on_outcome(cell, attempt, outcome)
             continue
         if ready:
@@ -325,5 +424,3 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
                 elif key not in live:  # the other driver died or gave up on it: take it over
                     elsewhere.discard(key)
                     ready.append(by_key[key])
-
-

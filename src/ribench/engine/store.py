@@ -2,7 +2,9 @@
 
 Tables:
 - ``cells``: key, kind, status (done | failed), labels (JSON), config (JSON), error,
-  traceback, started/finished (unix seconds), duration (s), info (JSON).
+  traceback, started/finished (unix seconds), duration (s), info (JSON), and for a
+  failed cell what failed (``failure``): ``cell`` (the cell itself raised) or ``worker``
+  (the process running it died or was lost; a later run retries these by itself).
 - ``metrics``: one row per (cell, eval_set, metric) with the cell's labels
   (backbone, recipe, method, task, seed) copied for easy querying. Summary numbers
   (id_acc, R, dR, dP, corr_acc, mCE...) are stored with ``eval_set = '*'``.
@@ -12,6 +14,10 @@ Tables:
   ``stale_after`` seconds, or whose process is gone (same host), is stale and may be
   taken over. A finished or failed cell's claim is dropped in the same transaction
   that records it.
+
+Every SQLite error comes out as a ``DataError`` that names the file and says what to do
+(a damaged file, a full disk, a lock held too long); a transaction whose COMMIT fails is
+rolled back, so the connection stays usable and nothing half-written is kept.
 """
 
 from __future__ import annotations
@@ -21,16 +27,19 @@ import os
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager, suppress
+from functools import wraps
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from ..core.errors import DataError
+from .artifacts import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     key TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL,
     labels TEXT NOT NULL, config TEXT NOT NULL, info TEXT,
-    error TEXT, traceback TEXT, started REAL, finished REAL, duration REAL
+    error TEXT, traceback TEXT, started REAL, finished REAL, duration REAL, failure TEXT
 );
 CREATE TABLE IF NOT EXISTS metrics (
     cell TEXT NOT NULL, backbone TEXT, recipe TEXT, method TEXT, task TEXT, seed INTEGER,
@@ -44,6 +53,43 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, ho
 
 LABELS = ("backbone", "recipe", "method", "task", "seed")
 SUMMARY = "*"
+CELL_COLUMNS = ("key", "kind", "status", "labels", "config", "info", "error", "traceback", "started", "finished",
+                "duration", "failure")
+FAILURES = ("cell", "worker")  # what failed: the cell's own code, or the process that ran it
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def explain_sqlite_error(path: Path, e: sqlite3.Error) -> str:
+    """A one-line message for an SQLite error on the results store ``path``: what happened and what to do."""
+    msg = str(e)
+    low = msg.lower()
+    if "full" in low or "disk i/o" in low or "readonly" in low or "read-only" in low:
+        return (f"results store {path}: cannot write ({msg}); free disk space (or make the folder writable) and "
+                "run again: every cell recorded before this is kept, the cells in flight are redone")
+    if "locked" in low or "busy" in low:
+        return (f"results store {path} stayed locked by another process for too long ({msg}); stop the other "
+                "process using it (another `ribench run` on this folder is fine, an open SQLite shell is not) "
+                "and run again")
+    damaged = "malformed" in low or "not a database" in low or "corrupt" in low
+    if damaged or (isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError)):
+        return (f"results store {path} is damaged ({msg}); recover what it holds with "
+                f"`sqlite3 {path} .recover | sqlite3 {path}.recovered` and move the recovered file in its place, "
+                "or move it aside and run again to recompute the grid (artifacts on disk are reused where intact)")
+    return f"results store {path}: SQLite error ({msg})"
+
+
+def _guarded(fn: _F) -> _F:
+    """Turn SQLite errors of a ResultsStore method into a DataError naming the file."""
+
+    @wraps(fn)
+    def inner(self: "ResultsStore", *a: Any, **k: Any) -> Any:
+        try:
+            return fn(self, *a, **k)
+        except sqlite3.Error as e:
+            raise DataError(explain_sqlite_error(self.path, e)) from e
+
+    return inner  # type: ignore[return-value]
 
 
 class ResultsStore:
@@ -55,17 +101,32 @@ class ResultsStore:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise DataError(f"results store {self.path} is not a readable SQLite database ({e})") from None
+            self._migrate()
+        except sqlite3.Error as e:
+            raise DataError(explain_sqlite_error(self.path, e)) from e
+
+    def _migrate(self) -> None:
+        """Add the columns later versions introduced to a store an older version wrote."""
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(cells)")}
+        if "failure" not in have:
+            try:
+                self.conn.execute("ALTER TABLE cells ADD COLUMN failure TEXT")
+            except sqlite3.OperationalError as e:  # another driver added it a moment ago
+                if "duplicate column" not in str(e).lower():
+                    raise
 
     def close(self) -> None:
-        self.conn.close()
+        """Close the connection; an error closing it is not worth hiding the caller's own error for."""
+        with suppress(sqlite3.Error):
+            self.conn.close()
 
     # --- writing -------------------------------------------------------------
+    @_guarded
     def record_run(self, spec: Mapping[str, Any], env: Mapping[str, Any]) -> None:
         self.conn.execute("INSERT INTO runs (started, spec, env) VALUES (?, ?, ?)",
                           (time.time(), json.dumps(spec), json.dumps(env)))
 
+    @_guarded
     def finish_cell(
         self,
         key: str,
@@ -88,38 +149,49 @@ class ResultsStore:
             c.execute("DELETE FROM claims WHERE key = ?", (key,))
             c.execute("DELETE FROM metrics WHERE cell = ?", (key,))
             c.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?,?,?,?)", rows)
-            c.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (key, kind, "done", json.dumps(dict(labels)), json.dumps(config, default=str),
-                 json.dumps(dict(info or {}), default=str), None, None, started, now, now - started),
-            )
+            c.execute(_INSERT_CELL, (key, kind, "done", json.dumps(dict(labels)), json.dumps(config, default=str),
+                                     json.dumps(dict(info or {}), default=str), None, None, started, now,
+                                     now - started, None))
 
+    @_guarded
     def fail_cell(self, key: str, kind: str, labels: Mapping[str, Any], config: Mapping[str, Any],
-                  started: float, error: str, tb: str) -> None:
+                  started: float, error: str, tb: str, failure: str = "cell") -> None:
+        """Record a failed cell; ``failure`` says what failed (FAILURES): ``worker`` cells are retried by a later run."""
+        if failure not in FAILURES:
+            raise ValueError(f"failure must be one of {FAILURES}, got {failure!r}")
         now = time.time()
         with self._tx() as c:
             c.execute("DELETE FROM claims WHERE key = ?", (key,))
-            c.execute(
-                "INSERT OR REPLACE INTO cells VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (key, kind, "failed", json.dumps(dict(labels)), json.dumps(config, default=str), None,
-                 error, tb, started, now, now - started),
-            )
+            c.execute(_INSERT_CELL, (key, kind, "failed", json.dumps(dict(labels)), json.dumps(config, default=str),
+                                     None, error, tb, started, now, now - started, failure))
 
-    def _tx(self):
+    @_guarded
+    def forget_cell(self, key: str) -> None:
+        """Drop the record and metrics of ``key`` (its artifact was found damaged: the cell is computed again)."""
+        with self._tx() as c:
+            c.execute("DELETE FROM metrics WHERE cell = ?", (key,))
+            c.execute("DELETE FROM cells WHERE key = ?", (key,))
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. A failing COMMIT (a full disk) is rolled back and its own error re-raised."""
         conn = self.conn
-
-        class _T:
-            def __enter__(self_inner):
-                conn.execute("BEGIN IMMEDIATE")
-                return conn
-
-            def __exit__(self_inner, exc_type, exc, tb):
-                conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
-                return False
-
-        return _T()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with suppress(sqlite3.Error):  # the first error is the one worth reporting
+                conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):  # SQLite may have rolled back by itself already
+                conn.execute("ROLLBACK")
+            raise
 
     # --- claims ----------------------------------------------------------------
+    @_guarded
     def claim(self, key: str, owner: str, stale_after: float) -> bool:
         """Take ``key`` for ``owner`` unless it is done or held by a live claim of another owner."""
         now = time.time()
@@ -134,47 +206,62 @@ class ResultsStore:
                       (key, owner, socket.gethostname(), os.getpid(), now))
             return True
 
+    @_guarded
     def heartbeat(self, owner: str) -> None:
         self.conn.execute("UPDATE claims SET heartbeat = ? WHERE owner = ?", (time.time(), owner))
 
+    @_guarded
     def release_claims(self, owner: str) -> None:
         self.conn.execute("DELETE FROM claims WHERE owner = ?", (owner,))
 
+    @_guarded
     def live_claims(self, stale_after: float, exclude_owner: str | None = None) -> set[str]:
         now = time.time()
         rows = self.conn.execute("SELECT key, owner, host, pid, heartbeat FROM claims").fetchall()
         return {k for k, o, h, p, hb in rows if o != exclude_owner and not _stale(h, p, hb, now, stale_after)}
 
     # --- reading -------------------------------------------------------------
+    @_guarded
     def statuses(self) -> dict[str, str]:
         return dict(self.conn.execute("SELECT key, status FROM cells"))
 
+    @_guarded
+    def failures(self) -> dict[str, str]:
+        """What failed (FAILURES) for every failed cell; records of older versions count as ``cell``."""
+        return {k: f or "cell" for k, f in self.conn.execute("SELECT key, failure FROM cells WHERE status = 'failed'")}
+
+    @_guarded
     def status(self, key: str) -> str | None:
         row = self.conn.execute("SELECT status FROM cells WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_guarded
     def cell_metrics(self, key: str) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for es, m, v in self.conn.execute("SELECT eval_set, metric, value FROM metrics WHERE cell = ?", (key,)):
             out.setdefault(es, {})[m] = v
         return out
 
+    @_guarded
     def cell_info(self, key: str) -> dict[str, Any]:
         row = self.conn.execute("SELECT info FROM cells WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row and row[0] else {}
 
+    @_guarded
     def cells(self, status: str | None = None) -> list[dict[str, Any]]:
-        q = "SELECT key, kind, status, labels, info, error, traceback, duration FROM cells"
+        q = "SELECT key, kind, status, labels, info, error, traceback, duration, failure FROM cells"
         args: Iterable = ()
         if status:
             q += " WHERE status = ?"
             args = (status,)
         out = []
-        for key, kind, st, labels, info, err, tb, dur in self.conn.execute(q + " ORDER BY finished", args):
+        for key, kind, st, labels, info, err, tb, dur, failure in self.conn.execute(q + " ORDER BY finished", args):
             out.append({"key": key, "kind": kind, "status": st, "labels": json.loads(labels),
-                        "info": json.loads(info) if info else {}, "error": err, "traceback": tb, "duration": dur})
+                        "info": json.loads(info) if info else {}, "error": err, "traceback": tb, "duration": dur,
+                        "failure": (failure or "cell") if st == "failed" else None})
         return out
 
+    @_guarded
     def metric_rows(self) -> list[dict[str, Any]]:
         """Every stored number as a flat row (labels, eval_set, metric, value)."""
         cur = self.conn.execute(
@@ -185,19 +272,17 @@ class ResultsStore:
         cols = (*LABELS, "eval_set", "metric", "value", "cell")
         return [dict(zip(cols, r)) for r in cur]
 
+    @_guarded
     def last_run(self) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT spec, env, started FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return {"spec": json.loads(row[0]), "env": json.loads(row[1]), "started": row[2]} if row else None
 
 
+_INSERT_CELL = (f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(CELL_COLUMNS))})")
+
+
 def _stale(host: str | None, pid: int | None, heartbeat: float, now: float, stale_after: float) -> bool:
     if now - heartbeat > stale_after:
         return True
-    if host == socket.gethostname() and pid is not None:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+    return host == socket.gethostname() and pid is not None and not pid_alive(pid)
