@@ -89,3 +89,12 @@ def test_an_attack_version_bump_changes_the_evaluate_cells_that_run_it(monkeypat
     assert all(after[k] != before_eval[k] for k in before_eval)
     assert keys(spec, "adapt") == before_adapt  # training does not depend on the attack
     assert keys(BASE, "evaluate") == without  # runs without the attack keep their keys
+
+
+@pytest.mark.parametrize("params,match", [({"steps": "big"}, "steps: must be an integer"),
+                                          ({"step_size": float("inf")}, "step_size: must be a finite number"),
+                                          ({"restarts": 0}, "restarts: must be an integer"),
+                                          ({"queries": 10}, "does not take queries")])
+def test_bad_attack_budgets_fail_at_plan_time_naming_the_field(params, match):
+    with pytest.raises(ConfigError, match=r"attacks\[0\].params.*" + match):
+        keys({**BASE, "attacks": [{"name": "pgd_linf", "eps": [0.1], "params": params}]}, "evaluate")

@@ -63,14 +63,21 @@ def estimator_versions(spec: RunSpec) -> dict[str, str]:
 
 def attack_configs(spec: RunSpec) -> list[dict[str, Any]]:
     """The spec's attacks as evaluate-cell config: names checked, code versions folded in."""
+    from ..core.errors import RibenchError
     from ..evaluate.attacks import get_attack
+    from ..evaluate.attacks.api import _resolve
 
     out = []
     for i, a in enumerate(spec.attacks):
         try:
             version = get_attack(a.name).version
-        except Exception as e:  # UnknownNameError: lists the registered attacks
+        except RibenchError as e:  # UnknownNameError: lists the registered attacks
             raise ConfigError(f"attacks[{i}].name", str(e)) from None
+        for eps in a.eps:  # budgets and radii checked now, not when the cell runs
+            try:
+                _resolve(a.name, eps, a.params, None)
+            except ConfigError as e:
+                raise ConfigError(f"attacks[{i}].params", str(e)) from None
         out.append({**a.model_dump(), **({"version": version} if version != "1" else {})})
     return out
 

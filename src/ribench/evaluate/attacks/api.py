@@ -149,6 +149,8 @@ def _resolve(attack: str, eps: float | None, given: Mapping[str, Any], options: 
     elif isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps < math.inf:
         raise ConfigError(f"{attack}.eps", f"must be a finite number >= 0, got {eps!r}")
     kwargs = {k: (given.get(k) if given.get(k) is not None else v) for k, v in spec.budget.items() if k != "eps"}
+    for key, value in kwargs.items():
+        _check_budget(attack, key, value)
     kwargs[spec.eps_arg] = eps
     accepted = inspect.signature(spec.fn).parameters
     for key in options or {}:
@@ -157,6 +159,16 @@ def _resolve(attack: str, eps: float | None, given: Mapping[str, Any], options: 
             raise ConfigError(f"{attack}.options.{key}", f"is not an option of the {attack} attack")
     kwargs.update(options or {})
     return spec, eps, kwargs
+
+
+def _check_budget(attack: str, key: str, value: Any) -> None:
+    """steps, restarts, queries: integers >= 1; step_size: a finite number > 0 (or None: the default rule)."""
+    if key == "step_size":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < math.inf):
+            raise ConfigError(f"{attack}.step_size", f"must be a finite number > 0, got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{attack}.{key}", f"must be an integer >= 1, got {value!r}")
 
 
 def _check_eval_set(images: torch.Tensor, labels: torch.Tensor) -> None:
