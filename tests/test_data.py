@@ -1,10 +1,12 @@
-"""Tests of ribench.data: the digits suite, its cache, rendering, corruptions, the grid.
+"""Tests of ribench.data: digits version 1, its cache, rendering, corruptions, the grid.
 
-The suite is built once per session into a temporary RIBENCH_CACHE.
+Version 1 stays buildable bit for bit (``suite_options = {version = 1}``); it is built
+once per session into a temporary RIBENCH_CACHE. Version 2 is tested in test_digits_v2.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -21,6 +23,15 @@ from ribench.data.corruptions import BLUR_SIGMAS_32PX, CONTRAST_FACTORS, NOISE_S
 from ribench.data.render import ALL_FONTS, TASK_FONTS, glyph_atlas, render_digits
 from ribench.data.show import grid_rows
 
+V1 = {"version": 1}
+V1_CORRUPTIONS = digits_mod.layout(1).CORRUPTIONS
+# sha256 of every tensor of the version 1 build (sorted by name; name, shape, dtype, bytes),
+# computed from the build before version 2 existed; seed -> digest
+V1_DIGESTS = {
+    0: "8e147bbbe65b7105d01b3aeaaf60ee6bad6e26ab082aac75afdbc0f7f54f5857",
+    1: "bd8760d2a8e4af098ac2a6798050ec09279b042a44d1a291670646557db56956",
+}
+
 # domain -> (train size or None, test size, channels)
 EXPECTED = {
     "mnist": (4000, 1000, 1),
@@ -29,7 +40,7 @@ EXPECTED = {
     "mnistm": (4000, 1000, 3),
     "handdrawn": (None, 250, 1),
     "rendered": (3000, 500, 1),
-    **{name: (None, 500, 1) for name in digits_mod.MNIST_C},
+    **{name: (None, 500, 1) for name in V1_CORRUPTIONS},
 }
 
 
@@ -47,7 +58,7 @@ def cache_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def suite(cache_env):
-    return build_suite("digits", seed=0)
+    return build_suite("digits", seed=0, options=V1)
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +74,17 @@ def all_domains(suite):
 
 def splits_of(domain):
     return [s for s in (domain.train, domain.test) if s is not None]
+
+
+def tensors_digest(tensors):
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(str(v.dtype).encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
 
 
 def assert_suites_equal(a, b):
@@ -89,7 +111,8 @@ def test_suite_layout(suite):
     assert suite.pretrain.name == "mnist"
     assert list(suite.tasks) == ["uci", "fonts", "mnistm"]
     assert list(suite.aux) == ["rendered"]
-    assert set(suite.eval_sets) == {"handdrawn", *digits_mod.MNIST_C}
+    assert suite.version == "1"
+    assert set(suite.eval_sets) == {"handdrawn", *V1_CORRUPTIONS}
     assert len(suite.corruptions) == 20
     assert suite.corruptions["mnist-c/rotate/3"] == ("rotate", 3)
     assert set(suite.corruptions) <= set(suite.eval_sets)
@@ -239,18 +262,22 @@ def test_corruption_sets_are_corrupted_mnist_test(suite):
 def test_cache_location(cache_env):
     assert cache_root() == Path(cache_env)
     assert data_cache_dir() == Path(cache_env) / "data"
-    path = digits_mod.cache_path(0)
-    assert path.parent == Path(cache_env) / "data" and digits_mod.SUITE_VERSION in path.name
+    path = digits_mod.cache_path(0, version=1)
+    assert path.parent == Path(cache_env) / "data" and path.name == "digits-v1-seed0.safetensors"
     assert path.is_file()
 
 
+def test_version1_is_bit_identical_to_its_first_build(suite):
+    assert tensors_digest(load_tensors(digits_mod.cache_path(0, version=1))) == V1_DIGESTS[0]
+
+
 def test_cache_hit_is_fast_and_identical(suite, monkeypatch):
-    def no_build(seed=0):
+    def no_build(seed=0, version=None):
         raise AssertionError("cache hit must not rebuild")
 
     monkeypatch.setattr(digits_mod, "build_domains", no_build)
     t0 = time.perf_counter()
-    again = build_suite("digits", seed=0)
+    again = build_suite("digits", seed=0, options=V1)
     assert time.perf_counter() - t0 < 1.0
     assert_suites_equal(suite, again)
 
@@ -265,26 +292,28 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_corrupt_cache_raises_and_is_rebuilt_identically(suite, tmp_path):
-    path = digits_mod.cache_path(0, tmp_path)
+    path = digits_mod.cache_path(0, tmp_path, version=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00garbage, not safetensors")
     with pytest.raises(DataError, match=str(path.name)):
         load_tensors(path)
     with pytest.warns(RuntimeWarning, match="rebuilding"):
-        rebuilt = build_suite("digits", seed=0, cache_dir=str(tmp_path))
+        rebuilt = build_suite("digits", seed=0, cache_dir=str(tmp_path), options=V1)
     assert_suites_equal(suite, rebuilt)  # a fresh build with the same seed is identical
     assert load_tensors(path)  # and the file is valid again
 
 
 def test_truncated_cache_lacking_tensors_is_rebuilt(suite, tmp_path):
-    good = load_tensors(digits_mod.cache_path(0))
-    path = save_tensors(digits_mod.cache_path(0, tmp_path), {k: v for k, v in good.items() if not k.startswith("fonts/")})
+    good = load_tensors(digits_mod.cache_path(0, version=1))
+    path = save_tensors(digits_mod.cache_path(0, tmp_path, version=1),
+                        {k: v for k, v in good.items() if not k.startswith("fonts/")})
     with pytest.raises(DataError, match="lacks tensor"):
-        digits_mod.assemble(load_tensors(path), path)
+        digits_mod.assemble(load_tensors(path), path, version=1)
 
 
 def test_other_seed_gives_other_samples(suite, tmp_path):
-    other = build_suite("digits", seed=1, cache_dir=str(tmp_path))
+    other = build_suite("digits", seed=1, cache_dir=str(tmp_path), options=V1)
+    assert tensors_digest(load_tensors(digits_mod.cache_path(1, tmp_path, version=1))) == V1_DIGESTS[1]
     assert not torch.equal(suite.tasks["fonts"].train.images, other.tasks["fonts"].train.images)
     assert not torch.equal(suite.aux["rendered"].train.images, other.aux["rendered"].train.images)
     assert not torch.equal(suite.pretrain.train.images, other.pretrain.train.images)

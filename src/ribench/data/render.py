@@ -204,8 +204,9 @@ def render_digits(
     Returns ``(uint8 [10 * n_per_class, 1, size, size], int64 [10 * n_per_class])``. Each
     sample draws a font from ``fonts``, a stroke width from ``STROKES`` and a random
     affine warp (see ``random_affine_theta``; rotation in degrees, shift in pixels of a
-    28-px frame). ``size`` renders the same samples at another resolution (the digit box
-    stays ``DIGIT_BOX / IMAGE_SIZE`` of the frame).
+    28-px frame). ``size`` renders the same samples at another resolution: the digit box
+    stays ``DIGIT_BOX / IMAGE_SIZE`` of the frame, and the warp is sampled as densely as
+    at 28 px (``SUPERSAMPLE * 28 / size`` times per output pixel).
     """
     g = torch.Generator().manual_seed(seed)
     n = 10 * n_per_class
@@ -217,11 +218,12 @@ def render_digits(
     atlas = glyph_atlas(tuple(fonts))
     boxes = bounding_boxes(atlas.view(-1, 1, GLYPH_CANVAS, GLYPH_CANVAS)).view(*atlas.shape[:3], 4)
     box = DIGIT_BOX * size / IMAGE_SIZE
+    supersample = max(1, SUPERSAMPLE * IMAGE_SIZE // size)  # the same sampling density at any size
     theta = fit_theta(boxes[font_idx, stroke_idx, labels], (GLYPH_CANVAS, GLYPH_CANVAS), size, box) @ warp
 
     images = torch.empty(n, 1, size, size, dtype=torch.uint8)
     for start in range(0, n, CHUNK):
         sl = slice(start, start + CHUNK)
         glyphs = atlas[font_idx[sl], stroke_idx[sl], labels[sl]].unsqueeze(1).float()
-        images[sl] = to_uint8(affine_warp(glyphs, theta[sl], (size, size), SUPERSAMPLE))
+        images[sl] = to_uint8(affine_warp(glyphs, theta[sl], (size, size), supersample))
     return images, labels
