@@ -32,7 +32,7 @@ from ribench.engine.artifacts import ArtifactStore
 from ribench.engine.executors import SerialExecutor, WorkerDeath, attribute_death, ray_token_available
 from ribench.engine.runner import MAX_WORKER_LOSSES, RunOptions
 from ribench.engine.store import ResultsStore
-from test_scaling import SPEC, done_events
+from test_scaling import SPEC, _reset_ray_auth_cache, done_events
 
 # pretrain, eval_pretrained, adapt, evaluate: the smallest grid with a dependency chain
 SMALL = {"name": "small", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"], "methods": ["lp"],
@@ -438,7 +438,7 @@ def test_local_ray_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(short))  # Ray writes its token to ~/.ray/auth_token
     monkeypatch.setenv("RAY_TMPDIR", str(short))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    _reset_ray_token_cache()
+    _reset_ray_auth_cache()
     ctx = WorkerContext(parse_spec(SMALL).model_dump(), str(tmp_path), "cpu", 1)
     ex = RayExecutor(ctx, None, workers=1)
     try:
@@ -455,16 +455,7 @@ def test_local_ray_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
         assert not wide, f"the local Ray cluster listens beyond loopback: {wide}"
     finally:
         ex.close()
-        _reset_ray_token_cache()
+        _reset_ray_auth_cache()
         import shutil
 
         shutil.rmtree(short, ignore_errors=True)
-
-
-def _reset_ray_token_cache() -> None:
-    """Ray caches its configuration and token per process; tests that change them start afresh."""
-    try:
-        from ray._private.authentication_test_utils import reset_auth_token_state
-    except ImportError:
-        return
-    reset_auth_token_state()
