@@ -22,7 +22,6 @@ from ..analysis.statistics import MIN_UNITS
 from . import aggregate as agg
 from .tables import Table
 
-ANALYSIS = agg.ANALYSIS
 LOWER_IS_BETTER = {"otdd", "otdd_features"}  # distances; every other predictor: higher = more transferable
 TOO_FEW = "too few to tell"
 UNIT_NAMES = {agg.ACROSS_TASKS: "tasks", agg.ACROSS_MODELS: "models"}
