@@ -116,8 +116,9 @@ def test_greedy_soup_never_lowers_held_out_accuracy(tiny, pretrained, finetuned)
     soup = METHODS.create("soup_greedy").adapt(pretrained, tiny.tasks["t2"], ctx)
     accs = [accuracy(m, val) for m in ingredients]
     assert accuracy(soup, val) >= max(accs)
-    # the recipe written out: sort by held-out accuracy, add when it strictly improves
-    order = sorted(range(len(ingredients)), key=lambda i: (-accs[i], i))
+    # the recipe written out: sort by held-out accuracy (model-soups main.py: ascending, then
+    # reversed, so equal accuracies come in reverse order), add when it strictly improves
+    order = sorted(range(len(ingredients)), key=lambda i: accs[i])[::-1]
     chosen, best = [order[0]], accs[order[0]]
     for i in order[1:]:
         cand = copy.deepcopy(pretrained)
