@@ -160,6 +160,28 @@ def test_unattributed_deaths_requeue_uncharged_then_fail_after_the_cap(tmp_path,
     store.close()
 
 
+class _IdleDeathPool(_BreakingPool):
+    """A worker dies between cells: the pool is found broken when the next cell is submitted."""
+
+    def submit(self, cell, deps, progress=None) -> Future:
+        if cell.kind == "adapt" and not self.recoveries:
+            raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+        return self.serial.submit(cell, deps)
+
+    def recover(self, in_flight: set[str]) -> WorkerDeath:
+        self.recoveries += 1
+        return WorkerDeath("worker process 4242 died (signal 9 (SIGKILL)) between cells", None, True)
+
+
+def test_a_worker_death_between_cells_costs_nothing(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(runner_mod, "_executor", lambda opts, ctx: made.append(_IdleDeathPool(ctx, "")) or made[-1])
+    res = run(parse_spec(SMALL), tmp_path, options=RunOptions(runner="pool", quiet=True))
+    assert res.ok and res.ran == 4 and res.retried == 0 and made[0].recoveries == 1
+    requeued = [e for e in events(tmp_path) if e["event"] == "requeued"]
+    assert [e["kind"] for e in requeued] == ["adapt"]
+
+
 def test_a_rerun_retries_worker_failures_but_not_cell_failures(small_run, tmp_path):
     out = copy_run(small_run, tmp_path / "out")
     adapt, evaluate = cell_key(out, "adapt"), cell_key(out, "evaluate")

@@ -393,7 +393,16 @@ def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
             attempt = attempts[cell.key] = attempts.get(cell.key, 0) + 1
             task = prog.add_task(cell.describe(), total=1.0)
             events("start", cell, attempt=attempt)
-            fut = executor.submit(cell, deps_of(cell), lambda f, msg, t=task: prog.update(t, completed=f, status=msg))
+            try:
+                fut = executor.submit(cell, deps_of(cell),
+                                      lambda f, msg, t=task: prog.update(t, completed=f, status=msg))
+            except BrokenProcessPool as e:  # a worker died while the pool was idle: it took no cell down
+                prog.remove_task(task)
+                attempts[cell.key] -= 1
+                ready.appendleft(cell)
+                events("requeued", cell, reason=str(e))
+                on_pool_break()
+                break
             running[fut] = (cell, attempt, task)
         if running:
             complete, _ = wait(list(running), timeout=opts.poll, return_when=FIRST_COMPLETED)
