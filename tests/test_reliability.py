@@ -396,15 +396,18 @@ def test_truncated_artifact_is_computed_again_and_temporary_files_go(small_run, 
     leftover = arts.path(pretrain).with_name(f".{arts.path(pretrain).name}.{dead.pid}.0a1b2c3d.tmp")
     leftover.write_bytes(b"partial")
     marker = out / ".workers" / f"{socket.gethostname()}.{dead.pid}"
+    half_written = marker.with_name(f".{marker.name}.tmp")
+    live = marker.with_name(f"{socket.gethostname()}.{os.getpid()}")
     marker.parent.mkdir(exist_ok=True)
-    marker.write_text("some-key")
+    for f in (marker, half_written, live):
+        f.write_text("some-key")
     res = run(parse_spec(SMALL), out, options=RunOptions(quiet=True))
     assert res.ok and res.ran == 1 and res.cached == 3  # only the damaged cell, not what depends on it
     damaged = [e for e in events(out) if e["event"] == "damaged"]
     assert [e["key"] for e in damaged] == [pretrain] and "1000 bytes" in damaged[0]["reason"]
     after = load_file(arts.path(pretrain))
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
-    assert not leftover.exists() and not marker.exists()
+    assert not leftover.exists() and not marker.exists() and not half_written.exists() and live.exists()
 
 
 def test_altered_artifact_is_caught_before_a_cell_reads_it(small_run, tmp_path):

@@ -228,10 +228,11 @@ def attribute_death(exit_codes: dict[int, int | None], running: dict[int, str], 
 
 
 def clean_markers(marker_dir: str | Path) -> None:
-    """Remove the markers of this host's workers that are gone (a killed driver leaves them behind)."""
+    """Remove the markers (and half-written ones) of this host's workers that are gone, as a killed
+    driver leaves them behind."""
     host = socket.gethostname()
-    for p in Path(marker_dir).glob(f"{host}.*"):
-        pid = p.name[len(host) + 1:]
+    for p in [*Path(marker_dir).glob(f"{host}.*"), *Path(marker_dir).glob(f".{host}.*.tmp")]:
+        pid = p.name.removeprefix(".").removesuffix(".tmp")[len(host) + 1:]
         if pid.isdigit() and not pid_alive(int(pid)):
             with suppress(FileNotFoundError):
                 p.unlink()
