@@ -241,8 +241,10 @@ def clean_markers(marker_dir: str | Path) -> None:
 class PoolExecutor:
     """Local worker processes (spawned, so no thread state is inherited from the driver).
 
-    The workers die with the driver. Submit from one thread (the driver's): on Linux a
-    worker is told of its parent's death when the thread that started it ends.
+    The workers die with the driver: at once when they have started, at the end of their
+    start-up (imports, a few seconds) when the driver dies during it. Submit from one thread
+    (the driver's): on Linux a worker is told of its parent's death when the thread that
+    started it ends.
     """
 
     name = "pool"
@@ -269,6 +271,8 @@ class PoolExecutor:
         ``in_flight``: keys of the cells submitted and not finished. Every one of them is
         lost with the broken pool; the driver submits them again.
         """
+        # ProcessPoolExecutor keeps its workers in ``_processes`` (pid -> Process); without it, no
+        # death can be attributed and every cell in flight is requeued uncharged
         procs = dict(getattr(self._pool, "_processes", None) or {})
         self._pool.shutdown(wait=True, cancel_futures=True)
         for proc in procs.values():
@@ -332,8 +336,9 @@ def _loopback_cluster(ray, workers: int) -> None:
     from ..core.errors import ConfigError
 
     constants = importlib.import_module("ray._private.ray_constants")
-    before_env, before = os.environ.get(constants.ENABLE_RAY_CLUSTERS_ENV_VAR), constants.ENABLE_RAY_CLUSTER
-    os.environ[constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    var = getattr(constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    before_env, before = os.environ.get(var), getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[var] = "0"
     constants.ENABLE_RAY_CLUSTER = False
     try:
         ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False,
@@ -341,10 +346,10 @@ def _loopback_cluster(ray, workers: int) -> None:
     finally:
         constants.ENABLE_RAY_CLUSTER = before
         if before_env is None:
-            os.environ.pop(constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
+            os.environ.pop(var, None)
         else:
-            os.environ[constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = before_env
-    ip = ray.util.get_node_ip_address()
+            os.environ[var] = before_env
+    ip = ray.util.get_node_ip_address()  # a Ray that ignored the switch is caught here
     if ip not in ("127.0.0.1", "::1"):
         ray.shutdown()
         raise ConfigError("runner", f"the local Ray cluster would listen on {ip}, not only on 127.0.0.1; start a "
