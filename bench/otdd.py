@@ -51,11 +51,12 @@ def _sqrt_psd(s):
 
 
 def naive_gaussian_w2(x1, y1, x2, y2):
-    """[C1, C2] Bures-Wasserstein label distances, one class pair at a time:
+    """[C1, C2] Bures-Wasserstein label distances, one class pair at a time, with sample
+    covariances (divided by n - 1, ribench's and microsoft/otdd's default):
     tr (S^1/2 S' S^1/2)^1/2 from the eigenvalues of the D x D matrix S^1/2 S' S^1/2."""
     c1, c2 = np.unique(y1), np.unique(y2)
-    stats1 = [(x1[y1 == c].mean(0), np.cov(x1[y1 == c], rowvar=False, bias=True)) for c in c1]
-    stats2 = [(x2[y2 == c].mean(0), np.cov(x2[y2 == c], rowvar=False, bias=True)) for c in c2]
+    stats1 = [(x1[y1 == c].mean(0), np.cov(x1[y1 == c], rowvar=False)) for c in c1]
+    stats2 = [(x2[y2 == c].mean(0), np.cov(x2[y2 == c], rowvar=False)) for c in c2]
     w = np.zeros((len(c1), len(c2)))
     for i, (m1, s1) in enumerate(stats1):
         root = _sqrt_psd(s1)
