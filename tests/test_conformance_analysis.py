@@ -278,7 +278,8 @@ def test_unbiased_minibatch_cka_of_one_batch_is_kornblith_debiased_cka(n, d):
 def ref_otdd_label_w2(x1, y1, x2, y2):
     """efficient_pwdist_gauss of otdd: class means and sample covariances (divided by n - 1,
     moments.py), sqrtm by symmetric eigendecomposition with eigenvalues below
-    max x D x eps set to 0 (sqrtm.py symsqrt_v2), W2^2 = ||m - m'||^2 + relu(tr(S + S' - 2 sqrtm(sqrt(S) S' sqrt(S))))."""
+    max x D x eps set to 0 (sqrtm.py symsqrt_v2),
+    W2^2 = ||m - m'||^2 + relu(tr(S + S' - 2 sqrtm(sqrt(S) S' sqrt(S))))."""
     def sqrtm(a):
         s, v = np.linalg.eigh(a)
         s = np.where(s > s.max() * len(s) * np.finfo(a.dtype).eps, s, 0.0)
@@ -399,7 +400,7 @@ def test_otdd_label_distances_match_otdd_code_on_mnist_vs_uci_digits():
 @pytest.mark.slow
 @pytest.mark.parametrize("per_class, converged, rel", [
     (30, "converged_double", 1e-6),  # the reference's cost matrices, Sinkhorn run to convergence
-    (100, "double_scaling_0.999", 1e-4),  # the reference with geomloss' slowest annealing measured
+    (100, "double_scaling_0.999", 1e-5),  # the reference with geomloss' slowest annealing measured
 ])  # 300 and 1,000 digits of each
 def test_otdd_matches_otdd_code_on_mnist_vs_uci_digits(per_class, converged, rel):
     ref = _golden(per_class)
