@@ -212,7 +212,7 @@ def nce(probs, labels) -> float:
 # ------------------------------------------------------------------------- H-score
 
 
-@register_estimator("hscore")
+@register_estimator("hscore", version="2")  # 2: covariances divided by N - 1, as tllib
 @_takes("features")
 def hscore(features, labels, shrinkage: bool = True) -> float:
     """H-score (Bao et al., ICIP 2019), with Ledoit-Wolf shrinkage (Ibrahim et al.,
@@ -252,7 +252,7 @@ def hscore(features, labels, shrinkage: bool = True) -> float:
 # ----------------------------------------------------------------------------- GBC
 
 
-@register_estimator("gbc")
+@register_estimator("gbc", version="2")  # 2: the spherical log-determinant enters once, as the authors' code
 @_takes("features")
 def gbc(features, labels, gaussian: str = "spherical", pca_dim: int | None = None,
         min_variance: float = 1e-4) -> float:
