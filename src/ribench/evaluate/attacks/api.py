@@ -45,6 +45,7 @@ class AttackSpec:
     paper: str
     eps_arg: str = "eps"  # the keyword of ``fn`` that receives ``eps``
     version: str = "1"  # code version, part of the key of every cell that runs the attack
+    # 2 (pgd_*, apgd_ce, square_linf, sparse_rs): step for step as their reference code
 
 
 ATTACKS: dict[str, AttackSpec] = {
@@ -52,9 +53,11 @@ ATTACKS: dict[str, AttackSpec] = {
                        "Goodfellow, Shlens & Szegedy 2015, Explaining and Harnessing Adversarial Examples"),
     "pgd_linf": AttackSpec(pgd_linf, {"eps": 0.1, "steps": 20, "step_size": None, "restarts": 1}, "linf", False,
                            "PGD-Linf",
-                           "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks"),
+                           "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks",
+                           version="2"),
     "pgd_l2": AttackSpec(pgd_l2, {"eps": 1.5, "steps": 20, "step_size": None, "restarts": 1}, "l2", False,
-                         "PGD-L2", "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks"),
+                         "PGD-L2", "Madry et al. 2018, Towards Deep Learning Models Resistant to Adversarial Attacks",
+                         version="2"),
     "apgd_ce": AttackSpec(apgd_ce, {"eps": 0.1, "steps": 100, "restarts": 1}, "linf", False, "APGD-CE",
                           "Croce & Hein 2020, Reliable Evaluation of Adversarial Robustness with an Ensemble of "
                           "Diverse Parameter-free Attacks", version="2"),
@@ -63,7 +66,7 @@ ATTACKS: dict[str, AttackSpec] = {
                               "Attack via Random Search", version="2"),
     "sparse_rs": AttackSpec(sparse_rs, {"eps": 10, "queries": 1000}, "l0", True, "Sparse-RS-L0",
                             "Croce et al. 2022, Sparse-RS: a Versatile Framework for Query-Efficient Sparse "
-                            "Black-Box Adversarial Attacks", eps_arg="k"),
+                            "Black-Box Adversarial Attacks", eps_arg="k", version="2"),
 }
 if autoattack_available():
     ATTACKS["autoattack"] = AttackSpec(autoattack, {"eps": 0.1}, "linf", False, AUTOATTACK_LABEL,
