@@ -336,11 +336,13 @@ def source_probs(y, z_classes, informative, seed):
 
 @pytest.mark.parametrize("n, d", [(80, 12), (30, 60)])  # N > D and D > N
 def test_logme_matches_naive_evidence_maximisation(n, d):
+    """``solver="maximum"``: the supremum of the evidence (the default follows the authors'
+    fixed point: tests/test_conformance_analysis.py)."""
     f, y = blobs(n, d, 3, 1.0, seed=n + d)
     # the reference searches a bounded box, so where the supremum lies at alpha -> inf
     # (random features) or beta -> inf (D > N) it stays up to ~1e-6 below it
     for feats in (f, np.random.default_rng(0).normal(size=(n, d))):
-        ours, ref = logme(feats, y), naive_logme(feats, y)
+        ours, ref = logme(feats, y, solver="maximum"), naive_logme(feats, y)
         assert ref - 1e-10 <= ours <= ref + 2e-6 * abs(ref)
     rnd = np.random.default_rng(0).normal(size=(n, d))
     assert logme(f, y) > logme(rnd, y)

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from sklearn.covariance import LedoitWolf
 
 from ribench.analysis import gbc, hscore, label_distances, logme, minibatch_cka, otdd, rbf_cka
-from ribench.core import DataError
+from ribench.core import ConfigError, DataError
 
 DATA = Path(__file__).parent / "data"
 
@@ -184,19 +185,80 @@ def ref_logme(features, labels):
     return float(np.mean(evidences))
 
 
-def test_logme_agrees_with_the_fixed_point_where_it_converges_and_never_falls_below_it():
-    """Informative features, N > D: the fixed point converges inside and both agree. Where the
-    supremum lies at alpha -> inf (random features) or beta -> inf (N < D) the fixed point stops
-    short (ribench's documented difference: it returns the supremum, so never less)."""
+def test_logme_maximum_agrees_with_the_fixed_point_where_it_converges_and_never_falls_below_it():
+    """``solver="maximum"`` against the ICML fixed point: informative features, N > D, the fixed
+    point converges inside and both agree. Where the supremum lies at alpha -> inf (random
+    features) or beta -> inf (N < D) the fixed point stops short; the supremum is never less."""
     for n, d, seed in ((80, 12, 0), (300, 32, 1), (600, 64, 2)):
         f, y = heteroscedastic(n, d, 4, seed)
         f = f / 3.0
-        assert logme(f, y) == pytest.approx(ref_logme(f, y), rel=1e-5)
+        assert logme(f, y, solver="maximum") == pytest.approx(ref_logme(f, y), rel=1e-5)
     rng = np.random.default_rng(5)
     for n, d in ((80, 12), (30, 60)):
         f, y = rng.normal(size=(n, d)), np.arange(n) % 3
-        assert ref_logme(f, y) <= logme(f, y) + 1e-12
-        assert logme(f, y) == pytest.approx(ref_logme(f, y), rel=0.05)
+        assert ref_logme(f, y) <= logme(f, y, solver="maximum") + 1e-12
+        assert logme(f, y, solver="maximum") == pytest.approx(ref_logme(f, y), rel=0.05)
+
+
+def ref_logme_fit_fixed_point(features, labels):
+    """thuml/LogME ``LogME._fit_fixed_point`` (what ``LogME().fit`` runs), transcribed with
+    numpy: truncated SVD of F^T F when N > D, 11 steps, stop at a 0.1% change of alpha/beta."""
+    f = features.astype(np.float64)
+    n, d = f.shape
+    if n > d:
+        _, s, vh = np.linalg.svd(f.T @ f)
+        s = np.sqrt(s)
+        u_times_sigma = f @ vh.T
+        k = int(np.sum(s > 1e-10))
+        s = s.reshape(-1, 1)[:k]
+        u = u_times_sigma[:, :k] / s.reshape(1, -1)
+    else:
+        u, s, _ = np.linalg.svd(f, full_matrices=False)
+        s = s.reshape(-1, 1)
+    sigma = s**2
+    evidences = []
+    for c in range(int(labels.max() + 1)):
+        y_ = (labels == c).astype(np.float64).reshape(-1, 1)
+        x = u.T @ y_
+        x2 = x**2
+        res_x2 = (y_**2).sum() - x2.sum()
+        alpha, beta = 1.0, 1.0
+        for _ in range(11):
+            t = alpha / beta
+            gamma = (sigma / (sigma + t)).sum()
+            m2 = (sigma * x2 / ((t + sigma) ** 2)).sum()
+            res2 = (x2 / ((1 + sigma / t) ** 2)).sum() + res_x2
+            alpha = gamma / (m2 + 1e-5)
+            beta = (n - gamma) / (res2 + 1e-5)
+            t_ = alpha / beta
+            if abs(t_ - t) / t <= 1e-3:
+                break
+        evidence = (d / 2.0 * np.log(alpha) + n / 2.0 * np.log(beta) - 0.5 * np.sum(np.log(alpha + beta * sigma))
+                    - beta / 2.0 * res2 - alpha / 2.0 * m2 - n / 2.0 * np.log(2 * np.pi))
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+@pytest.mark.parametrize("n, d, seed", [(80, 12, 0), (300, 32, 1), (30, 60, 2), (50, 50, 3), (40, 8, 4)])
+def test_logme_default_is_the_authors_fixed_point(n, d, seed):
+    f, y = heteroscedastic(n, d, 4, seed)
+    assert logme(f, y) == pytest.approx(ref_logme_fit_fixed_point(f, y), rel=1e-10)
+    g = np.random.default_rng(seed).normal(size=(n, d))  # random features: the fixed point stops short
+    assert logme(g, y) == pytest.approx(ref_logme_fit_fixed_point(g, y), rel=1e-10)
+    if n > d:  # with D > N the reference's log|A| leaves out (D - N) log alpha, so it is no lower bound
+        assert logme(g, y) <= logme(g, y, solver="maximum") + 1e-6 * abs(logme(g, y))
+
+
+def test_logme_edge_cases_follow_the_authors_code():
+    rng = np.random.default_rng(9)
+    f = rng.normal(size=(60, 6))
+    f[:, 3] = f[:, 0]  # rank-deficient features (N > D): the truncated SVD drops a direction
+    y = np.arange(60) % 3
+    assert logme(f, y) == pytest.approx(ref_logme_fit_fixed_point(f, y), rel=1e-10)
+    with pytest.raises(DataError, match="at least 2 classes"):  # the reference scores one class; ribench refuses
+        logme(f, np.zeros(60, dtype=int))
+    with pytest.raises(ConfigError, match="solver"):
+        logme(f, y, solver="newton")
 
 
 # ------------------------------------------------------------------------- RBF CKA
