@@ -19,6 +19,7 @@ sources live in ``sources.py`` (re-exported here).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -37,7 +38,7 @@ from .sources import (  # noqa: F401  (re-exported: the sources used to live her
 )
 
 #: the version the factory builds when none is asked for
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"
 VERSIONS: dict[str, ModuleType] = {"1": digits_v1, "2": digits_v2}
 CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 PRETRAIN = "mnist"
@@ -76,11 +77,48 @@ def to_tensors(domains: dict[str, dict[str, Split]]) -> dict[str, torch.Tensor]:
     }
 
 
-def assemble(tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<memory>",
-             version: int | str | None = None) -> Suite:
-    """The ``Suite`` of ``version`` from flattened tensors; a missing tensor raises
-    ``DataError`` naming ``source``."""
+def choose_corruption_sets(version: int | str | None = None, corruptions=None, severities=None) -> tuple[str, ...]:
+    """The corruption eval sets of ``version`` that the suite options ``corruptions`` (short
+    names, e.g. ``["fog", "zigzag"]``; None = all) and ``severities`` (None = 1..5) keep,
+    in the version's order. Bad values raise ``ConfigError`` naming the option."""
     spec = layout(version)
+    short = {name: name.split("/")[-2] for name in spec.CORRUPTIONS}
+    known = sorted(set(short.values()))
+    if corruptions is not None:
+        if isinstance(corruptions, str) or not corruptions or any(not isinstance(c, str) for c in corruptions):
+            raise ConfigError("suite_options.corruptions", f"must be a non-empty list of names, got {corruptions!r}")
+        unknown = sorted(set(corruptions) - set(known))
+        if unknown:
+            raise ConfigError("suite_options.corruptions", f"unknown corruption(s) {unknown} of digits "
+                                                           f"v{spec.SUITE_VERSION}; expected some of {known}")
+    if severities is not None:
+        ok = (not isinstance(severities, (str, bool)) and len(severities) > 0
+              and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 5 for v in severities))
+        if not ok:
+            raise ConfigError("suite_options.severities", f"must be a non-empty list of severities in 1..5, "
+                                                          f"got {severities!r}")
+    return tuple(name for name, (_, sev) in spec.CORRUPTIONS.items()
+                 if (corruptions is None or short[name] in corruptions) and (severities is None or sev in severities))
+
+
+def _version_tag(spec: ModuleType, chosen: tuple[str, ...], corruptions, severities) -> str:
+    """The suite's version: the layout's, plus what a non-default choice of corruption sets kept."""
+    tag = spec.SUITE_VERSION
+    if corruptions is not None:
+        names = ",".join(sorted(set(corruptions)))
+        tag += "+c" + hashlib.sha256(names.encode()).hexdigest()[:8]
+    if severities is not None:
+        tag += "+s" + "".join(str(v) for v in sorted(set(severities)))
+    return tag
+
+
+def assemble(tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<memory>",
+             version: int | str | None = None, corruptions=None, severities=None) -> Suite:
+    """The ``Suite`` of ``version`` from flattened tensors, with the corruption sets that
+    ``corruptions`` and ``severities`` keep (``choose_corruption_sets``); a missing tensor
+    raises ``DataError`` naming ``source``."""
+    spec = layout(version)
+    chosen = choose_corruption_sets(version, corruptions, severities)
 
     def split(name: str, part: str) -> Split:
         try:
@@ -98,11 +136,12 @@ def assemble(tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<mem
         classes=CLASSES,
         pretrain=domain(PRETRAIN, True),
         tasks={name: domain(name, True) for name in spec.TASKS},
-        eval_sets={name: domain(name, False) for name in spec.EVAL_ONLY},
-        corruptions=dict(spec.CORRUPTIONS),
+        eval_sets={name: domain(name, False) for name in spec.EVAL_ONLY
+                   if name not in spec.CORRUPTIONS or name in chosen},
+        corruptions={name: spec.CORRUPTIONS[name] for name in chosen},
         aux={name: domain(name, True) for name in spec.AUX},
         reference_errors=None,
-        version=spec.SUITE_VERSION,
+        version=_version_tag(spec, chosen, corruptions, severities),
     )
 
 
@@ -112,17 +151,22 @@ def cache_path(seed: int = 0, cache_dir: str | os.PathLike | None = None, versio
 
 
 @register_suite("digits")
-def digits_suite(seed: int = 0, cache_dir: str | None = None, version: int | str | None = None) -> Suite:
-    """The ``digits`` suite for ``seed``, loaded from the cache or built and cached
-    (version 2: ~15 s on 2 idle cores; version 1: ~5 s). ``version``: 1 or 2
-    (default ``SUITE_VERSION``)."""
+def digits_suite(seed: int = 0, cache_dir: str | None = None, version: int | str | None = None,
+                 corruptions: list[str] | None = None, severities: list[int] | None = None) -> Suite:
+    """The ``digits`` suite for ``seed``, loaded from the cache or built and cached.
+
+    ``version``: 1 or 2 (default ``SUITE_VERSION``). ``corruptions`` (short names, e.g.
+    ``["fog", "zigzag"]``) and ``severities`` keep only those corruption eval sets (default:
+    all); the cache always holds all of them, and the suite's version names the choice.
+    """
     version = check_version(version)
+    choose_corruption_sets(version, corruptions, severities)  # bad options fail before any build
     path = cache_path(seed, cache_dir, version)
     if path.exists():
         try:
-            return assemble(load_tensors(path), path, version)
+            return assemble(load_tensors(path), path, version, corruptions, severities)
         except DataError as e:
             warnings.warn(f"{e}; rebuilding it", RuntimeWarning, stacklevel=2)
     tensors = to_tensors(build_domains(seed, version))
     save_tensors(path, tensors)
-    return assemble(tensors, path, version)
+    return assemble(tensors, path, version, corruptions, severities)
