@@ -81,6 +81,7 @@ def gray(images: torch.Tensor) -> np.ndarray:
 
 
 def test_layout(suite):
+    assert digits.SUITE_VERSION == "2" and build_suite("digits", seed=0, cache_dir=CACHE).version == "2"  # default
     assert suite.name == "digits" and suite.version == "2" and suite.classes == tuple("0123456789")
     assert suite.pretrain.name == "mnist" and list(suite.tasks) == TASKS
     assert len(suite.tasks) >= 8
