@@ -29,6 +29,7 @@ import torch
 
 from ..core.errors import ConfigError, DataError
 from ..core.registry import register_suite
+from ..core.runtime import fixed_threads
 from ..core.types import Domain, Split, Suite
 from . import digits_v1, digits_v2
 from .cache import data_cache_dir, load_tensors, save_tensors
@@ -63,8 +64,14 @@ def layout(version: int | str | None = None) -> ModuleType:
 
 def build_domains(seed: int = 0, version: int | str | None = None) -> dict[str, dict[str, Split]]:
     """Build every domain of ``version`` from scratch: ``{domain: {"train": Split, "test": Split}}``
-    (eval-only domains have only ``"test"``). Deterministic for ``seed``."""
-    return layout(version).build_domains(seed)
+    (eval-only domains have only ``"test"``). Deterministic for ``seed``.
+
+    Runs on one thread (torch and BLAS): the bytes then do not depend on the machine's
+    thread count, and on shared cores it is faster (digits v2: ~22 s against ~50 s with
+    two threads on 2 busy cores)."""
+    spec = layout(version)
+    with fixed_threads(1):
+        return spec.build_domains(seed)
 
 
 def to_tensors(domains: dict[str, dict[str, Split]]) -> dict[str, torch.Tensor]:
