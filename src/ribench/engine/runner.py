@@ -169,9 +169,9 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         spec = spec.with_overrides(threads=opts.threads)
     t_start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(spec.device)
-    suite, cells = plan_run(spec)
+    suite, cells = plan_run(spec)  # a bad spec fails here, before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     if opts.kinds is not None:
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
