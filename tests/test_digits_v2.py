@@ -230,12 +230,13 @@ def test_build_is_deterministic_and_seeded(suite, tmp_path):
 
 def test_transforms_are_deterministic_and_seeded(mnist_test):
     textures = shifts.load_textures()
-    glyphs, _ = render_digits(1, ALL_FONTS, 0, size=56)
+    glyphs, _ = render_digits(1, ALL_FONTS[:4], 0, size=56)
+    x = mnist_test[::3]
     cases = {
-        "fresh_handwriting": (shifts.fresh_handwriting, mnist_test), "sketch": (shifts.sketch, mnist_test),
-        "cartoon": (shifts.cartoon, mnist_test), "line_drawing": (shifts.line_drawing, glyphs),
-        "viewpoint": (lambda x, g: shifts.viewpoint(x, textures, g), mnist_test),
-        "wild_handwriting": (shifts.wild_handwriting, mnist_test),
+        "fresh_handwriting": (shifts.fresh_handwriting, x), "sketch": (shifts.sketch, x),
+        "cartoon": (shifts.cartoon, x), "line_drawing": (shifts.line_drawing, glyphs),
+        "viewpoint": (lambda x, g: shifts.viewpoint(x, textures, g), x),
+        "wild_handwriting": (shifts.wild_handwriting, x),
     }
     for name, (fn, x) in cases.items():
         a, b = fn(x, torch.Generator().manual_seed(5)), fn(x, torch.Generator().manual_seed(5))

@@ -30,8 +30,8 @@ CHUNK = 512
 
 def _window_max(x: torch.Tensor, k: int) -> torch.Tensor:
     """Maximum over a ``k x k`` square (``k`` odd) around each pixel, outside the frame read
-    as 0: separable running maxima of shifted views (several times faster than
-    ``F.max_pool2d`` on CPU for one channel; equal to it for non-negative images)."""
+    as 0 (so ``-_window_max(-x)`` is a minimum with outside 0): separable running maxima of
+    shifted views, several times faster than ``F.max_pool2d`` on CPU for one channel."""
     if k % 2 != 1 or k < 1:
         raise DataError(f"morphology window must be an odd size >= 1, got {k}")
     r, (h, w) = k // 2, x.shape[-2:]
@@ -52,9 +52,9 @@ def dilate(x: torch.Tensor, k: int = 3) -> torch.Tensor:
 
 
 def erode(x: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Grey-level erosion (minimum) over a ``k x k`` square, ``k`` odd, of images in [0, 1];
-    outside reads as 0 (black), so ink touching the frame erodes from it too."""
-    return 1 - _window_max(1 - x, k) if k > 1 else x.clone()
+    """Grey-level erosion (minimum) over a ``k x k`` square, ``k`` odd, of non-negative
+    images; outside reads as 0 (black), so ink touching the frame erodes from it too."""
+    return -_window_max(-x, k)
 
 
 def upsample(x: torch.Tensor, factor: int = WORK_SCALE) -> torch.Tensor:
