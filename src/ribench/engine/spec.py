@@ -4,14 +4,16 @@ Example (the ``quick`` preset)::
 
     name = "quick"
     suite = "digits"
-    backbones = ["cnn", "vit"]
+    suite_options = { severities = [3] }
+    backbones = ["mlp", "cnn"]
     recipes = ["narrow", "rich"]
     methods = ["ft", "lp", "lpft"]     # or tables: [[methods]] name = "ft" params = {epochs = 3}
-    tasks = "all"                      # or a list of task names
+    tasks = ["mnist-v2", "fonts", "mnistm"]   # or "all"
     seeds = [0]
+    threads = 1                        # CPU threads every cell computes with (the default)
 
     [pretrain]
-    epochs = 8
+    epochs = 5
     seed = 0
 """
 
