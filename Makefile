@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ribench run --preset quick --out $(OUT)
+	$(VENV)/bin/ribench run --preset quick --runner pool --workers 2 --out $(OUT)
 
 test: $(STAMP)
 	sh scripts/ensure-browser.sh
