@@ -464,7 +464,7 @@ def test_local_ray_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(short))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     _reset_ray_auth_cache()
-    ctx = WorkerContext(parse_spec(SMALL).model_dump(), str(tmp_path), "cpu", 1)
+    ctx = WorkerContext(parse_spec(SMALL).model_dump(), str(tmp_path), "cpu")
     ex = RayExecutor(ctx, None, workers=1)
     try:
         procs = [psutil.Process()] + psutil.Process().children(recursive=True)

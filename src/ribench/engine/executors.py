@@ -40,7 +40,6 @@ class WorkerContext:
     spec: dict[str, Any]
     out_dir: str
     device: str
-    threads: int | None = None  # torch intra-op threads per cell; None: torch's default
 
 
 @dataclass
@@ -101,23 +100,13 @@ def execute_cell(ctx: WorkerContext, cell: Cell, deps: Deps, progress: Progress 
     The artifact of a cell that makes one is sealed (size and SHA-256 recorded) before the
     cell counts as finished.
     """
-    import torch
-
-    from contextlib import nullcontext
-
-    from threadpoolctl import threadpool_limits
-
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        # NumPy's BLAS threads too: analyses use it, and its sums depend on the thread count
-        with threadpool_limits(ctx.threads) if ctx.threads else nullcontext():
-            ws = _workspace(ctx)
-            res = ws.run_cell(cell, deps, progress or (lambda f, m: None))
-            if cell.produces_artifact:
-                ws.artifacts.seal(cell.key)
+        ws = _workspace(ctx)
+        res = ws.run_cell(cell, deps, progress or (lambda f, m: None))  # under the spec's `threads`
+        if cell.produces_artifact:
+            ws.artifacts.seal(cell.key)
         return Outcome(True, res, seconds=time.perf_counter() - t0, worker=worker)
     except MemoryError as e:
         return Outcome(False, error=f"out of memory: {e}", traceback=traceback.format_exc(),

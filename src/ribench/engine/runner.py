@@ -187,7 +187,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
               "corruptions": corruptions}
     store.record_run(spec.model_dump(), {**environment(device), "suite": layout, "runner": opts.runner,
                                          "workers": str(opts.workers), "threads_per_cell": str(spec.threads)})
-    ctx = WorkerContext(spec.model_dump(), str(out.resolve()), str(device), spec.threads)
+    ctx = WorkerContext(spec.model_dump(), str(out.resolve()), str(device))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
     events("run_start", runner=opts.runner, workers=opts.workers, cells=len(cells), owner=owner)
