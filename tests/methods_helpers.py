@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ribench.core import METHODS
@@ -32,3 +34,13 @@ def run_method(name: str, pretrained, tiny, task: str = "t1", **params):
     inputs = {r: run_method(r, pretrained, tiny, task)[0] for r in method.requires}
     ctx = make_ctx(tiny, task, inputs=inputs)
     return method.adapt(pretrained, tiny.tasks[task], ctx), ctx
+
+
+def perturbed(model, seed: int, scale: float = 0.05):
+    """A deep copy of ``model`` with seeded Gaussian noise of std ``scale`` added to every parameter."""
+    m = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return m

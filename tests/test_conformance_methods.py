@@ -32,21 +32,12 @@ from ribench.methods.base import Ingredient
 from ribench.methods.weightspace import DaWinModel, atlas_state, task_arithmetic_state
 from ribench.models import create_model
 
-from methods_helpers import make_ctx, tiny_model
+from methods_helpers import make_ctx, perturbed, tiny_model
 
 
 def small_model(seed: int):
     torch.manual_seed(seed)
     return create_model("mlp", num_classes=3, width=16, depth=1).eval()
-
-
-def perturbed(model, seed: int, scale: float = 0.05):
-    m = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return m
 
 
 def outputs(model, x):

@@ -9,6 +9,8 @@ import sqlite3
 import pytest
 import torch
 
+from methods_helpers import perturbed
+
 import ribench.methods  # noqa: F401  (registration)
 from ribench.core import METHODS, ConfigError
 from ribench.methods import merging
@@ -22,15 +24,6 @@ from ribench.models.checkpoint import load_model, save_model
 def small_model(seed: int):
     torch.manual_seed(seed)
     return create_model("mlp", num_classes=3, width=16, depth=1)
-
-
-def perturbed(model, seed: int, scale: float = 0.05):
-    m = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return m
 
 
 @pytest.fixture(scope="module")
