@@ -1,0 +1,109 @@
+"""The names of stored result rows: one place that writers and readers share.
+
+Every number ribench stores is a row (backbone, recipe, method, task, seed, eval_set,
+metric, value) of the results store (docs/results.md). The eval-set names and the
+method/task labels that carry meaning are built and parsed only here:
+
+- ``SUMMARY`` (``"*"``): a model's summary numbers (id_acc, R, dR, dP, ...);
+- method ``ANALYSIS``: predictors (otdd, logme, ...) of a (backbone, recipe, task);
+- method ``PRETRAINED``: the pretrained model m0, the reference of every Δ;
+- task ``MERGED``: a model merged over every task (task arithmetic, TIES, ...);
+- ``curve(alpha)`` -> ``"curve/alpha=<a>"``: a point of an interpolation curve (WiSE-FT);
+- ``attack(name, eps, task)`` -> ``"attack/<name>/eps=<eps>[/<task>]"`` and
+  ``transfer(name, eps)`` -> ``"transfer/<name>/eps=<eps>"`` (crafted on m0);
+- ``diag(measure, sample)`` -> ``"diag/<measure>/<sample>"``, ``DIAG_SUMMARY``,
+  ``DIAG_LAYERS``: per-model diagnostics.
+
+The strings are part of the stored format: a run made by an earlier version reads the
+same, so they never change; a new family is added here with its builder and parser.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+SUMMARY = "*"
+ANALYSIS = "analysis"
+PRETRAINED = "pretrained"
+MERGED = "merged"
+
+CURVE_PREFIX = "curve/alpha="
+ATTACK_PREFIX = "attack/"
+TRANSFER_PREFIX = "transfer/"
+DIAG_PREFIX = "diag/"
+DIAG_SUMMARY = "diag/summary"
+DIAG_LAYERS = "diag/layers"
+
+
+def curve(alpha: float) -> str:
+    """``curve(0.5)`` -> ``"curve/alpha=0.5"``."""
+    return f"{CURVE_PREFIX}{alpha:g}"
+
+
+def parse_curve(eval_set: str) -> float | None:
+    """The alpha of a curve row, None for any other eval set."""
+    if not eval_set.startswith(CURVE_PREFIX):
+        return None
+    try:
+        return float(eval_set[len(CURVE_PREFIX):])
+    except ValueError:
+        return None
+
+
+def attack(name: str, eps: float, task: str | None = None) -> str:
+    """``attack("pgd_linf", 0.1)`` -> ``"attack/pgd_linf/eps=0.1"``; m0's per-task rows add ``/<task>``."""
+    return f"{ATTACK_PREFIX}{name}/eps={eps:g}" + (f"/{task}" if task else "")
+
+
+def transfer(name: str, eps: float) -> str:
+    """``transfer("pgd_linf", 0.1)`` -> ``"transfer/pgd_linf/eps=0.1"`` (examples crafted on m0)."""
+    return f"{TRANSFER_PREFIX}{name}/eps={eps:g}"
+
+
+@dataclass(frozen=True)
+class AttackRow:
+    """A parsed attack or transfer row name."""
+
+    name: str
+    eps: float
+    transfer: bool = False
+    task: str | None = None
+
+
+_ATTACK = re.compile(r"^(?P<kind>attack|transfer)/(?P<name>[^/]+)/eps=(?P<eps>[^/]+)(?:/(?P<task>.+))?$")
+
+
+def parse_attack(eval_set: str) -> AttackRow | None:
+    """The attack, budget, kind and (m0's rows) task of an attack/transfer row; None otherwise."""
+    m = _ATTACK.match(eval_set)
+    if not m:
+        return None
+    try:
+        eps = float(m["eps"])
+    except ValueError:
+        return None
+    return AttackRow(m["name"], eps, m["kind"] == "transfer", m["task"])
+
+
+def is_attack(eval_set: str) -> bool:
+    return eval_set.startswith(ATTACK_PREFIX)
+
+
+def is_transfer(eval_set: str) -> bool:
+    return eval_set.startswith(TRANSFER_PREFIX)
+
+
+def diag(measure: str, sample: str) -> str:
+    """``diag("linear_cka", "task")`` -> ``"diag/linear_cka/task"``."""
+    return f"{DIAG_PREFIX}{measure}/{sample}"
+
+
+def is_diag(eval_set: str) -> bool:
+    return eval_set.startswith(DIAG_PREFIX)
+
+
+def is_special(eval_set: str) -> bool:
+    """True for every row that is not a plain eval-set accuracy row (summary, curve, attack, transfer, diag)."""
+    return (eval_set == SUMMARY or eval_set.startswith((CURVE_PREFIX, ATTACK_PREFIX, TRANSFER_PREFIX,
+                                                        DIAG_PREFIX)))
