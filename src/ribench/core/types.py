@@ -42,17 +42,29 @@ class Split:
         return len(self.labels)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, *,
+        num_workers: int = 0, pin_memory: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(uint8 images [B, C, H, W], int64 labels [B])``."""
+        """Yield ``(uint8 images [B, C, H, W], int64 labels [B])``.
+
+        ``num_workers`` > 0 gathers the batches in that many DataLoader worker processes
+        (the same batches, in the same order); ``pin_memory`` yields them in pinned memory
+        (CUDA only), ready for a non-blocking copy to the GPU.
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else None
+        if num_workers > 0:
+            rows = [torch.arange(s, min(s + batch_size, n)) if order is None else order[s : s + batch_size]
+                    for s in range(0, n, batch_size)]
+            yield from _loader(_RowsDataset(self.images, self.labels, rows), num_workers, pin_memory)
+            return
         for start in range(0, n, batch_size):
             if order is None:
-                yield self.images[start : start + batch_size], self.labels[start : start + batch_size]
+                batch = self.images[start : start + batch_size], self.labels[start : start + batch_size]
             else:
                 idx = order[start : start + batch_size]
-                yield self.images[idx], self.labels[idx]
+                batch = self.images[idx], self.labels[idx]
+            yield _pinned(batch) if pin_memory else batch
 
     def subset(self, index: torch.Tensor) -> "Split":
         return Split(self.images[index], self.labels[index])
@@ -79,6 +91,50 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tupl
         keep.append(idx[k:])
     empty = torch.zeros(0, dtype=torch.int64)
     return torch.sort(torch.cat(keep or [empty])).values, torch.sort(torch.cat(held or [empty])).values
+
+
+def iter_batches(split: "Split | StreamingSplit", batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None, *, workers: int = 0, pin_memory: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``split.batches(batch_size, shuffle, generator)``, read by ``workers`` DataLoader worker
+    processes when ``workers`` > 0 (a streaming split's decoders, an in-memory split's
+    gathers) and yielded in pinned memory when ``pin_memory``. ``workers`` 0 and no pinning
+    is exactly the split's own call (a streaming split keeps its own ``num_workers``).
+    Every path yields the same batches in the same order, and draws the same numbers
+    from ``generator``."""
+    if workers == 0 and not pin_memory:
+        return split.batches(batch_size, shuffle, generator)
+    if workers == 0:
+        return split.batches(batch_size, shuffle, generator, pin_memory=True)
+    return split.batches(batch_size, shuffle, generator, num_workers=workers, pin_memory=pin_memory)
+
+
+def _pinned(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0].pin_memory(), batch[1].pin_memory()
+
+
+def _loader(dataset: torch.utils.data.Dataset, workers: int, pin_memory: bool
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Items of ``dataset`` (each one whole batch) in order, from ``workers`` processes,
+    at most ``2 * workers`` batches in flight."""
+    workers = min(workers, len(dataset))  # type: ignore[arg-type]
+    if workers == 0:
+        return
+    yield from torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                           prefetch_factor=2, persistent_workers=False, pin_memory=pin_memory)
+
+
+class _RowsDataset(torch.utils.data.Dataset):
+    """Batch ``i`` of an in-memory split: its rows ``rows[i]`` (gathered in a worker process)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, rows: list[torch.Tensor]):
+        self.images, self.labels, self.rows = images, labels, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[self.rows[i]], self.labels[self.rows[i]]
 
 
 class _BatchDataset(torch.utils.data.Dataset):
@@ -122,22 +178,28 @@ class StreamingSplit:
         return f"StreamingSplit({len(self)} images{', ' + self.description if self.description else ''})"
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
+        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None, *,
+        num_workers: int | None = None, pin_memory: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(uint8 images [B, C, H, W], int64 labels [B])``, decoded in worker processes."""
+        """Yield ``(uint8 images [B, C, H, W], int64 labels [B])``, decoded in worker processes.
+
+        ``num_workers``: decoding processes for this pass (None: the split's own
+        ``num_workers``; 0 decodes in this process). ``pin_memory``: yield pinned batches
+        (CUDA only).
+        """
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         rows = [order[s : s + batch_size] for s in range(0, n, batch_size)]
         chunks = [self.index[r] for r in rows]
-        workers = min(self.num_workers, len(chunks))
+        workers = min(self.num_workers if num_workers is None else num_workers, len(chunks))
         if workers == 0:
             for c in chunks:
-                yield self.load(c), self._source_labels[c]
+                batch = self.load(c), self._source_labels[c]
+                yield _pinned(batch) if pin_memory else batch
             return
-        loader = torch.utils.data.DataLoader(_BatchDataset(self.load, chunks), batch_size=None, shuffle=False,
-                                             num_workers=workers, prefetch_factor=2, persistent_workers=False)
-        for images, c in loader:
-            yield images, self._source_labels[c]
+        for images, c in _loader(_BatchDataset(self.load, chunks), workers, pin_memory):
+            labels = self._source_labels[c]
+            yield images, labels.pin_memory() if pin_memory else labels
 
     def subset(self, index: torch.Tensor) -> "StreamingSplit":
         return StreamingSplit(self.load, self._source_labels, self.index[index], self.num_workers, self.description)

@@ -1,4 +1,19 @@
-"""One pass of a model over many eval sets, under ``torch.inference_mode()``."""
+"""One pass of a model over many eval sets, under ``torch.inference_mode()``.
+
+How it computes (``core.runtime.ComputeOptions``; each keyword left None takes the value
+of the enclosing ``compute_options`` block, fp32 outside any): ``precision`` bf16/fp16
+runs the model under ``torch.autocast`` (metrics are still accumulated in float64 from
+the logits); ``channels_last`` (default: convolutional models on CUDA) and ``compile``
+change only how the same numbers are computed; ``loader_workers`` reads each set's
+batches through a DataLoader. On CUDA, batches come through pinned memory with
+non-blocking copies, and the metrics of one batch are taken while the next one computes
+(one batch of lag, same numbers). With every option at its default the numbers are
+those of a plain ``model(x)`` loop.
+
+``max_per_set`` evaluates each set on a seeded, class-stratified subset of at most that
+many images (``evaluate.subsets``); every metrics dict carries ``n``, the images it counts,
+and the accuracy's 95% Wilson interval ``acc_lo`` / ``acc_hi``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +23,11 @@ from typing import Callable, Mapping
 import torch
 
 from ..core.errors import TrainingError
-from ..core.types import Domain
+from ..core.runtime import autocast, compiled, pins_memory, resolve_compute, wants_channels_last
+from ..core.types import Domain, iter_batches
 from ..models.base import Model, model_name
-from .metrics import ClassificationMetrics, mask_logits
+from .metrics import ClassificationMetrics, class_mask
+from .subsets import stratified_subset
 
 
 def evaluate(
@@ -18,34 +35,73 @@ def evaluate(
     eval_sets: Mapping[str, Domain],
     batch_size: int = 512,
     progress: Callable[[float, str], None] | None = None,
+    *,
+    max_per_set: int | None = None,
+    subset_seed: int = 0,
+    precision: str | None = None,
+    compile: bool | str | None = None,
+    channels_last: bool | None = None,
+    loader_workers: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics (accuracy, ece, nll, n) of ``model`` on each domain's test split.
+    """Metrics (accuracy, acc_lo, acc_hi, ece, nll, n) of ``model`` on each domain's test split.
 
-    Logits are masked to a domain's ``class_subset`` when it has one. A NaN metric of
-    a non-empty eval set (logits that are NaN or infinite: diverged weights) raises
-    TrainingError naming the model and the eval set, so no such number is stored.
-    An empty eval set gives NaN metrics with ``n = 0``.
+    Logits are masked to a domain's ``class_subset`` when it has one. ``max_per_set``:
+    evaluate at most that many images of each set, a subset chosen from ``subset_seed``
+    and the set's name (None: every image). A NaN metric of a non-empty eval set (logits
+    that are NaN or infinite: diverged weights) raises TrainingError naming the model and
+    the eval set, so no such number is stored. An empty eval set gives NaN metrics with
+    ``n = 0``.
     """
+    opts = resolve_compute(precision=precision, compile=compile, channels_last=channels_last,
+                           loader_workers=loader_workers)
     device = next(model.parameters()).device
     model.eval()
+    memory_format = torch.channels_last if wants_channels_last(model, device, opts.channels_last) else None
+    if memory_format is not None:
+        model.to(memory_format=memory_format)
+    forward = compiled(model, opts.compile)
+    pin = pins_memory(device)
     out: dict[str, dict[str, float]] = {}
-    with torch.inference_mode():
-        for i, (name, dom) in enumerate(eval_sets.items()):
-            m = ClassificationMetrics(model.num_classes)
-            for x, y in dom.test.batches(batch_size):
-                logits = mask_logits(model(x.to(device, non_blocking=True)), dom.class_subset)
-                m.update(logits, y)
-            out[name] = _checked(m.compute(), model, name)
-            if progress is not None:
-                progress((i + 1) / len(eval_sets), name)
+    try:
+        with torch.inference_mode():
+            for i, (name, dom) in enumerate(eval_sets.items()):
+                split = dom.test
+                if max_per_set is not None:
+                    rows = stratified_subset(split.labels, max_per_set, subset_seed, name)
+                    split = split if rows is None else split.subset(rows)
+                mask = None  # built once per set, on the device, from the first batch's logits
+                m = ClassificationMetrics(model.num_classes)
+                pending = None  # the previous batch's (logits, labels): its metrics wait for the next forward
+                for x, y in iter_batches(split, batch_size, workers=opts.loader_workers, pin_memory=pin):
+                    x = x.to(device, non_blocking=True)
+                    if memory_format is not None:
+                        x = x.contiguous(memory_format=memory_format)
+                    with autocast(opts.precision, device):
+                        logits = forward(x)
+                    if dom.class_subset is not None:
+                        if mask is None:
+                            mask = class_mask(logits.shape[1], dom.class_subset, logits.device)
+                        logits = logits.masked_fill(mask, float("-inf"))
+                    if pending is not None:
+                        m.update(*pending)
+                    pending = (logits, y)
+                if pending is not None:
+                    m.update(*pending)
+                out[name] = _checked(m.compute(), model, name, opts.precision)
+                if progress is not None:
+                    progress((i + 1) / len(eval_sets), name)
+    finally:
+        if memory_format is not None:
+            model.to(memory_format=torch.contiguous_format)
     return out
 
 
-def _checked(metrics: dict[str, float], model: Model, eval_set: str) -> dict[str, float]:
+def _checked(metrics: dict[str, float], model: Model, eval_set: str, precision: str = "fp32") -> dict[str, float]:
     if metrics["n"] > 0:
         bad = [k for k in ("accuracy", "ece", "nll") if math.isnan(metrics[k])]
         if bad:
+            hint = " (or its logits overflow fp16: evaluate in bf16 or fp32)" if precision == "fp16" else ""
             raise TrainingError(f"model {model_name(model)!r} gives a NaN {bad[0]} on eval set {eval_set!r} "
                                 f"({int(metrics['n'])} images): its logits are not finite, so its weights have "
-                                "probably diverged; no metric of it is stored")
+                                f"probably diverged{hint}; no metric of it is stored")
     return metrics

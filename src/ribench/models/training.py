@@ -7,6 +7,22 @@ No diverged model leaves this loop: a non-finite loss raises TrainingError namin
 epoch and step; after the last step the trained weights must be finite and the loss of
 the final weights on the last batch (eval mode, no gradient) too, or TrainingError
 names the first bad parameter or the loss. ``TrainConfig`` checks its own ranges.
+
+How it computes (``core.runtime.ComputeOptions``; a keyword left None takes the value of
+the enclosing ``compute_options`` block, so the methods' own calls follow the run's
+settings; fp32 outside any block):
+- ``precision``: ``fp32`` runs no autocast (the numbers of a plain loop, bit for bit);
+  ``bf16`` / ``fp16`` run the forward pass and the loss under ``torch.autocast`` (weights,
+  gradients and AdamW's state stay fp32); fp16 scales the loss with a ``GradScaler``,
+  which skips the steps whose gradients overflow.
+- ``compile``: the forward pass goes through ``torch.compile(model)``.
+- ``channels_last``: convolutional models on CUDA train in channels_last memory format
+  (restored to the default format after).
+- ``loader_workers``: batches are gathered (or decoded) by DataLoader worker processes:
+  the same batches in the same order.
+On CUDA, batches come through pinned memory with non-blocking copies, and the loss is
+checked for finiteness every 10 steps rather than every step (each check waits for the
+device); the error still names the first bad step.
 """
 
 from __future__ import annotations
@@ -19,10 +35,11 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import TrainingError
-from ..core.types import Split
+from ..core.errors import ConfigError, TrainingError
+from ..core.runtime import (ComputeOptions, autocast, compiled, grad_scaler, pins_memory, resolve_compute,
+                            wants_channels_last)
+from ..core.types import Split, iter_batches
 from ..data.augment import AugmentConfig, augment
-from ..core.errors import ConfigError
 from .base import Model, first_nonfinite, model_name, to_float_images
 
 Progress = Callable[[float, str], None]
@@ -76,37 +93,54 @@ def train_classifier(
     penalty: Callable[[Model], torch.Tensor] | None = None,
     extra_loss: Callable[[Model, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: Progress = no_progress,
+    precision: str | None = None,
+    compile: bool | str | None = None,
+    channels_last: bool | None = None,
+    loader_workers: int | None = None,
 ) -> Model:
     """Train ``model`` in place on ``data`` and return it (in eval mode).
 
     ``params``: parameters to optimise (default: all). ``penalty(model)`` is added to
     every step's loss (EWC, L2-SP...). ``extra_loss(model, x, y, logits)`` too (LwF).
+    ``precision``, ``compile``, ``channels_last``, ``loader_workers``: how it computes
+    (module docstring; None: the enclosing ``compute_options``).
     Raises TrainingError when the loss or the trained weights stop being finite
     (module docstring).
     """
+    opts = resolve_compute(precision=precision, compile=compile, channels_last=channels_last,
+                           loader_workers=loader_workers)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
-    total = max(1, int(round(cfg.epochs * steps_per_epoch)))
-    warmup = int(cfg.warmup_frac * total)
+    device = next(model.parameters()).device
+    memory_format = torch.channels_last if wants_channels_last(model, device, opts.channels_last) else None
+    if memory_format is not None:  # parameters keep their identity: ``params`` still names them
+        model.to(memory_format=memory_format)
+    try:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
+        total = max(1, int(round(cfg.epochs * steps_per_epoch)))
+        warmup = int(cfg.warmup_frac * total)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    with torch.enable_grad():
-        last = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress)
-    model.eval()
-    _check_final(model, params, last, cfg, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        with torch.enable_grad():
+            last = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress,
+                         opts, memory_format)
+        model.eval()
+        _check_final(model, params, last, cfg, total, opts.precision)
+    finally:
+        if memory_format is not None:
+            model.to(memory_format=torch.contiguous_format)
     return model
 
 
 def _check_final(model: Model, params: list[torch.nn.Parameter], last: tuple[torch.Tensor, torch.Tensor] | None,
-                 cfg: TrainConfig, total: int) -> None:
+                 cfg: TrainConfig, total: int, precision: str = "fp32") -> None:
     """TrainingError unless the trained weights and the final weights' loss on the last batch are finite."""
     trained = {id(p) for p in params}
     bad = first_nonfinite((n, p) for n, p in model.named_parameters() if id(p) in trained)
@@ -117,7 +151,7 @@ def _check_final(model: Model, params: list[torch.nn.Parameter], last: tuple[tor
     if last is None:
         return
     x, y = last
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision, x.device):
         loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
     if not torch.isfinite(loss):
         raise TrainingError(f"training of model {model_name(model)!r} diverged: the loss of the final weights on the "
@@ -125,33 +159,71 @@ def _check_final(model: Model, params: list[torch.nn.Parameter], last: tuple[tor
                             f"(lr = {cfg.lr:g})")
 
 
-def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress
+class _FiniteLoss:
+    """Raises TrainingError naming the first step whose loss is not finite. On CPU each loss
+    is checked at once (before its step); elsewhere every ``every`` steps, in one read."""
+
+    def __init__(self, device: torch.device, total: int, every: int = 10):
+        self.total, self.every = total, 1 if device.type == "cpu" else every
+        self.pending: list[tuple[torch.Tensor, int, int]] = []  # (loss, epoch, step), not yet checked
+
+    def add(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        self.pending.append((loss.detach(), epoch, step))
+        if len(self.pending) >= self.every or step + 1 == self.total:
+            self.check()
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        losses = self.pending[0][0][None] if len(self.pending) == 1 else torch.stack([p[0] for p in self.pending])
+        if not bool(torch.isfinite(losses).all()):
+            for loss, epoch, step in self.pending:
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} of "
+                                        f"{self.total}")
+        self.pending.clear()
+
+
+def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress,
+          opts: ComputeOptions = ComputeOptions(), memory_format: torch.memory_format | None = None
           ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Run ``total`` steps; return the last batch (float images after augmentation, labels)."""
     device = next(model.parameters()).device
+    forward = compiled(model, opts.compile)
+    scaler = grad_scaler(opts.precision, device)
+    finite = _FiniteLoss(device, total)
+    pin = pins_memory(device)
     model.train()
     step = 0
     epoch = 0
     last = None
     while step < total:
-        for xb, yb in data.batches(cfg.batch_size, shuffle=True, generator=generator):
+        for xb, yb in iter_batches(data, cfg.batch_size, shuffle=True, generator=generator,
+                                   workers=opts.loader_workers, pin_memory=pin):
             if step >= total:
                 break
             x = to_float_images(xb.to(device, non_blocking=True))
             y = yb.to(device, non_blocking=True)
             if augmentation is not None:
                 x = augment(x, augmentation, generator)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if penalty is not None:
-                loss = loss + penalty(model)
-            if extra_loss is not None:
-                loss = loss + extra_loss(model, x, y, logits)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} of {total}")
+            if memory_format is not None:
+                x = x.contiguous(memory_format=memory_format)
+            with autocast(opts.precision, device):
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if penalty is not None:
+                    loss = loss + penalty(model)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, x, y, logits)
+            finite.add(loss, epoch, step)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             sched.step()
             step += 1
             last = (x, y)
@@ -160,4 +232,5 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
         epoch += 1
         if last is None:  # an empty split yields no batch: no epoch would ever make progress
             raise TrainingError("nothing to train on: the training split is empty")
+    finite.check()
     return last
