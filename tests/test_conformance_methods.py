@@ -358,7 +358,7 @@ def reference_negation_coefficient(coefs, target_acc, control_acc, threshold):
 
 
 def test_task_negation_picks_the_lowest_target_accuracy_that_keeps_the_control(tiny, monkeypatch):
-    import ribench.methods.weightspace as ws
+    import ribench.methods.weightspace.merging as ws  # where task arithmetic looks up accuracy
 
     m0 = small_model(0)
     ft = perturbed(m0, 4, 0.3)
@@ -380,7 +380,7 @@ def test_task_negation_picks_the_lowest_target_accuracy_that_keeps_the_control(t
         c = coef_of(state)
         return control[c] if split is ctx.pretrain_sample else target[c]
 
-    monkeypatch.setattr(ws, "_accuracy", fake_accuracy)
+    monkeypatch.setattr(ws, "accuracy", fake_accuracy)
     METHODS.create("task_arithmetic", mode="negate", coefficients=list(coefs)).adapt(m0, tiny.tasks["t1"], ctx)
     assert ctx.info["coefficient"] == reference_negation_coefficient(coefs, target, control, 0.95 * control[0.0]) == 0.5
 

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 
 import ribench.methods  # noqa: F401  (registration)
 from ribench.core import METHODS, ConfigError
-from ribench.methods.regularised import distillation_loss, fisher_diagonal
+from ribench.methods.fisher import diagonal_fisher
+from ribench.methods.regularised import distillation_loss
 
 from methods_helpers import make_ctx, run_method, tiny_model
 
 
 def _loop_fisher(model, split, mode, generator=None):
-    """Per-sample autograd loop: the reference for fisher_diagonal."""
+    """Per-sample autograd loop: the reference for diagonal_fisher."""
     params = dict(model.named_parameters())
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(len(split)):
@@ -39,7 +40,7 @@ def test_fisher_matches_a_per_sample_autograd_loop(arch, tiny):
     model = tiny_model(arch)
     sample = tiny.pretrain.train.subset(torch.arange(7))
     per_image = 3 * sum(p.numel() for p in model.parameters())
-    ours = fisher_diagonal(model, sample, mode="exact", max_chunk_floats=3 * per_image)  # chunks of 3, 3 and 1
+    ours = diagonal_fisher(model, sample, mode="exact", max_chunk_floats=3 * per_image)  # chunks of 3, 3 and 1
     ref = _loop_fisher(model, sample, "exact")
     for n in ref:
         torch.testing.assert_close(ours[n], ref[n], rtol=1e-4, atol=1e-9)
@@ -48,7 +49,7 @@ def test_fisher_matches_a_per_sample_autograd_loop(arch, tiny):
 def test_sampled_fisher_matches_the_loop_with_the_same_draws(tiny):
     model = tiny_model("mlp")
     sample = tiny.pretrain.train.subset(torch.arange(12))
-    ours = fisher_diagonal(model, sample, mode="sample", generator=torch.Generator().manual_seed(3), max_chunk_floats=10**9)
+    ours = diagonal_fisher(model, sample, mode="sample", generator=torch.Generator().manual_seed(3), max_chunk_floats=10**9)
     ref = _loop_fisher(model, sample, "sample", generator=torch.Generator().manual_seed(3))
     for n in ref:
         torch.testing.assert_close(ours[n], ref[n], rtol=1e-4, atol=1e-9)
@@ -62,7 +63,7 @@ def test_ewc_penalty_is_zero_at_the_pretrained_weights_and_weighted_by_the_fishe
     penalty, extra = method.terms(model, pretrained, ctx)
     assert extra is None
     assert penalty(model).item() == 0.0
-    fisher = fisher_diagonal(pretrained, ctx.pretrain_sample)
+    fisher = diagonal_fisher(pretrained, ctx.pretrain_sample)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))

@@ -15,7 +15,8 @@ import ribench.methods  # noqa: F401  (registration)
 from ribench.core import METHODS, ConfigError
 from ribench.methods import merging
 from ribench.methods.base import AdaptContext, Ingredient
-from ribench.methods.weightspace import DaWinModel, atlas_state, diagonal_fisher, task_arithmetic_state
+from ribench.methods.fisher import diagonal_fisher
+from ribench.methods.weightspace import DaWinModel, atlas_state, task_arithmetic_state
 from ribench.models import create_model
 from ribench.models.checkpoint import load_model, save_model
 

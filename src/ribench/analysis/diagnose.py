@@ -34,6 +34,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..core import rows as row_names
 from ..core.errors import DataError
 from ..core.types import Split
 from .similarity import default_layers, layer_features, similarities_from_grams
@@ -41,7 +42,7 @@ from .weightspace import filter_shift, linear_path, task_vector, task_vector_cos
 
 __all__ = ["diagnose", "task_vector_cosine_rows", "PREFIX"]
 
-PREFIX = "diag/"
+PREFIX = row_names.DIAG_PREFIX
 
 
 def _layers(pretrained: nn.Module, adapted: nn.Module, layers: Sequence[str] | None) -> list[str]:
@@ -74,7 +75,7 @@ def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Sp
     line up (a prompt wrapper, a replaced head module) get the similarity rows only.
     """
     names = _layers(pretrained, adapted, layers)
-    rows: dict[str, dict[str, float]] = {f"{PREFIX}layers": {n: float(i) for i, n in enumerate(names)}}
+    rows: dict[str, dict[str, float]] = {row_names.DIAG_LAYERS: {n: float(i) for i, n in enumerate(names)}}
     summary: dict[str, float] = {}
     same = _same_architecture(pretrained, adapted)  # else (a prompt, a new head module): no weight-space rows
     for name, split in samples.items():
@@ -88,20 +89,20 @@ def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Sp
             a, b = fa.pop(n), fb.pop(n)
             per_layer[n] = similarities_from_grams(a @ a.T, b @ b.T, knn_k=k)
         for measure in ("linear_cka", "rbf_cka", "mutual_knn"):
-            rows[f"{PREFIX}{measure}/{name}"] = {n: v[measure] for n, v in per_layer.items()}
+            rows[row_names.diag(measure, name)] = {n: v[measure] for n, v in per_layer.items()}
         last = "features" if "features" in names else names[-1]
-        summary[f"linear_cka_{last}/{name}"] = rows[f"{PREFIX}linear_cka/{name}"][last]
-        summary[f"mutual_knn_{last}/{name}"] = rows[f"{PREFIX}mutual_knn/{name}"][last]
+        summary[f"linear_cka_{last}/{name}"] = rows[row_names.diag("linear_cka", name)][last]
+        summary[f"mutual_knn_{last}/{name}"] = rows[row_names.diag("mutual_knn", name)][last]
         if not same:
             continue
         path = linear_path(pretrained, adapted, split, barrier_points, batch_size)
-        rows[f"{PREFIX}path/{name}"] = {
+        rows[row_names.diag("path", name)] = {
             **{f"loss@{a:g}": float(v) for a, v in zip(path.alphas, path.losses)},
             **{f"error@{a:g}": float(v) for a, v in zip(path.alphas, path.errors)},
         }
         summary[f"loss_barrier/{name}"] = path.loss_barrier
         summary[f"error_barrier/{name}"] = path.error_barrier
-    rows[f"{PREFIX}summary"] = summary
+    rows[row_names.DIAG_SUMMARY] = summary
     if not same:
         return rows
     tv = task_vector(pretrained, adapted)
@@ -114,7 +115,7 @@ def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Sp
     except DataError:  # no 3x3 convolution (mlp, vit): no filter rows
         shift = {}
     if shift:
-        rows[f"{PREFIX}filter_kl"] = {k: v["kl"] for k, v in shift.items()}
+        rows[f"{PREFIX}filter_kl"] = {k: v["kl"] for k, v in shift.items()}  # per model, no sample
         rows[f"{PREFIX}filter_ks"] = {k: v["ks"] for k, v in shift.items()}
         summary["filter_kl"] = sum(v["kl"] for v in shift.values()) / len(shift)
         summary["filter_ks"] = sum(v["ks"] for v in shift.values()) / len(shift)

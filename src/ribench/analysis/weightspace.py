@@ -2,7 +2,8 @@
 the shift of the distribution of 3x3 convolution filters.
 
 - Task vector (Ilharco et al., ICLR 2023, "Editing Models with Task Arithmetic"):
-  tau = theta_adapted - theta_pretrained, per state-dict entry; its L2 norm says how
+  tau = theta_adapted - theta_pretrained, per state-dict entry (``task_vector``, defined
+  with the methods that use it in ``ribench.methods.task_vectors``); its L2 norm says how
   far adaptation moved, cosines between task vectors how alike two adaptations are.
 - Linear path (Frankle et al., ICML 2020, "Linear Mode Connectivity and the Lottery
   Ticket Hypothesis"; Neyshabur et al., NeurIPS 2020): loss and error of
@@ -31,7 +32,6 @@ the shift of the distribution of 3x3 convolution filters.
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -44,44 +44,14 @@ from torch.func import functional_call
 
 from ..core.errors import CheckpointError, ConfigError, DataError
 from ..core.types import Split
+from ..methods.task_vectors import state_of, task_vector  # noqa: F401  (task_vector: part of this module's API)
 
 __all__ = [
     "LinearPath", "filter_shift", "linear_path", "task_vector", "task_vector_cosines", "task_vector_norm",
 ]
 
 
-def _state(m, name: str) -> dict[str, torch.Tensor]:
-    if isinstance(m, nn.Module):
-        return {k: v.detach() for k, v in m.state_dict().items()}
-    if isinstance(m, Mapping):
-        return {k: (v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(v)) for k, v in m.items()}
-    raise DataError(f"{name} must be an nn.Module or a state dict, got {type(m).__name__}")
-
-
 # ----------------------------------------------------------------------- task vectors
-
-
-def task_vector(pretrained, adapted, exclude: Sequence[str] = ()) -> dict[str, torch.Tensor]:
-    """tau = adapted - pretrained for every floating-point state-dict entry of both.
-
-    ``pretrained`` / ``adapted``: modules or state dicts. ``exclude``: shell-style
-    patterns of entry names to leave out, e.g. ``("head.*",)`` to compare backbones of
-    models whose heads differ. Entries present in only one are left out; an entry with
-    different shapes is an error (exclude it).
-    """
-    a, b = _state(pretrained, "pretrained"), _state(adapted, "adapted")
-    out = {}
-    for key, va in a.items():
-        if key not in b or not va.is_floating_point() or any(fnmatch.fnmatch(key, p) for p in exclude):
-            continue
-        vb = b[key]
-        if vb.shape != va.shape:
-            raise CheckpointError(f"state-dict entry {key!r} has shape {tuple(va.shape)} in the pretrained model "
-                                  f"but {tuple(vb.shape)} in the adapted one; exclude it (exclude=({key!r},))")
-        out[key] = vb.to(va.device, torch.float64) - va.to(torch.float64)
-    if not out:
-        raise CheckpointError("the two models share no floating-point state-dict entry")
-    return out
 
 
 def _flat(tv: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
@@ -231,7 +201,7 @@ def filter_shift(pretrained, adapted, bins: int = 32) -> dict[str, dict[str, flo
     {layer name: {"kl", "ks", "relative_change", "filters"}} for every 4-d weight of
     shape [out, in, 3, 3] (see the module docstring for the definitions).
     """
-    a, b = _state(pretrained, "pretrained"), _state(adapted, "adapted")
+    a, b = state_of(pretrained, "pretrained"), state_of(adapted, "adapted")
     out: dict[str, dict[str, float]] = {}
     for key, wa in a.items():
         if not key.endswith("weight") or wa.dim() != 4 or tuple(wa.shape[2:]) != (3, 3) or key not in b:

@@ -15,7 +15,7 @@ its config): ``"seeds"`` (model soups: the required methods' models of the same 
 over every seed of the run, and over ``input_variants()`` of their hyperparameters) or
 ``"tasks"`` (merging: their models of every task of the run, same seed). The engine
 then runs it once per task (``"seeds"``) or once per seed (``"tasks"``, task label
-``"merged"``) and keys ``ctx.inputs`` by ``Ingredient(method, task, seed, variant)``;
+``core.rows.MERGED``) and keys ``ctx.inputs`` by ``Ingredient(method, task, seed, variant)``;
 ``ctx.task_splits`` holds every task's (train, val) splits. ``ctx.ingredients(name)``
 lists them either way (a plain ``ctx.inputs[name]`` counts as one ingredient).
 """
@@ -122,8 +122,9 @@ class Method:
     def extra_models(self, pretrained: Model, adapted: Model, inputs: Mapping[str, Model]
                      ) -> dict[str, Model]:
         """More models the evaluate cell evaluates on every eval set, by eval-set prefix
-        (WiSE-FT's curve, ``{"curve/alpha=0.5": model}``); ``inputs``: the required
-        methods' models by name. Methods that override it get those inputs."""
+        (WiSE-FT's curve, ``{rows.curve(0.5): model}``, names from ``core.rows``);
+        ``inputs``: the required methods' models by name. Methods that override it get
+        those inputs."""
         return {}
 
     def __init__(self, **params: Any):

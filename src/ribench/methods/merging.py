@@ -1,7 +1,7 @@
 """Merge kernels over task vectors, streamed tensor by tensor.
 
 A task vector is a mapping ``name -> tensor`` (tau = theta_adapted - theta_pretrained,
-``ribench.analysis.weightspace.task_vector``); a merge reads the K vectors' tensors of
+``ribench.methods.task_vectors.task_vector``); a merge reads the K vectors' tensors of
 one name at a time, so its memory is a few tensors, not K whole models. Mappings may be
 lazy (``SafetensorsMapping`` reads one tensor per lookup from a memory-mapped file).
 

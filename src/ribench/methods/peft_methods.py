@@ -1,5 +1,6 @@
-"""Parameter-efficient fine-tuning: [lora], [dora], [randlora], [vera], [bone], [ln_tuning]
-through Hugging Face PEFT, plus [bitfit] and [head_only] in plain PyTorch.
+"""Parameter-efficient fine-tuning through Hugging Face PEFT: [lora], [dora], [randlora],
+[vera], [bone], [ln_tuning]. (BitFit and head-only, which train a subset of the model's own
+parameters without PEFT, are in ``partial.py``.)
 
 PEFT wraps ribench's own backbones: the adapted layers are picked per architecture
 (``DEFAULT_TARGETS``, overridable with the ``target_modules`` hyperparameter, a tuple of
@@ -24,12 +25,8 @@ Papers (defaults of each Config come from them, see docs/methods.md):
   ``MissConfig(init_weights="bat")`` is Bone's Bat variant, ``init_weights=True`` the
   default MiSS/Bone block-sharing update.
 - LN tuning: Zhao et al., "Tuning LayerNorm in Attention: Towards Efficient
-  Multi-Modal LLM Finetuning", ICLR 2024 (PEFT's ``LNTuningConfig``).
-- BitFit: Ben Zaken et al., "BitFit: Simple Parameter-efficient Fine-tuning for
-  Transformer-based Masked Language-models", ACL 2022. Own code: selecting the bias
-  parameters is one line, PEFT has no BitFit tuner.
-- Head-only: the classifier head trained by SGD epochs through the frozen backbone
-  (the gradient-trained counterpart of [lp]). Own code, for the same reason.
+  Multi-Modal LLM Finetuning", ICLR 2024 (PEFT's ``LNTuningConfig``). On a backbone
+  without normalisation layers it trains the head alone (``partial.HeadOnly``).
 """
 
 from __future__ import annotations
@@ -49,7 +46,8 @@ from ..core.types import Domain
 from ..models.base import Model
 from ..models.training import train_classifier
 from .base import AdaptContext, Method
-from .heads import HeadTrainConfig, check_positive, class_mask, prepare_head, train_params
+from .heads import HeadTrainConfig, check_positive, class_mask, prepare_head
+from .partial import HeadOnly, HeadOnlyConfig
 
 # Regular expressions (full match on module names) of the layers adapted by default, per backbone.
 DEFAULT_TARGETS: dict[str, str] = {
@@ -345,51 +343,3 @@ class LNTuning(PeftMethod):
         from peft import LNTuningConfig
 
         return LNTuningConfig(target_modules=targets, modules_to_save=["head"] if head_trained else None)
-
-
-# ----------------------------------------------------------------------------- BitFit, head-only
-
-
-@dataclass(frozen=True)
-class BitFitConfig(HeadTrainConfig):
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (BitFit paper: 1e-4..1e-3)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW decoupled weight decay (none on biases)"})
-
-
-@register_method("bitfit")
-class BitFit(Method):
-    """BitFit: train only the bias terms of the backbone (and the head, per the head policy) (Ben Zaken et al. 2022)."""
-
-    name = "bitfit"
-    Config = BitFitConfig
-
-    def adapt(self, pretrained: Model, task: Domain, ctx: AdaptContext) -> Model:
-        cfg = self.config
-        model = self.fresh_copy(pretrained)
-        head_trained = prepare_head(model, cfg.head, pretrained, task, ctx)
-        head_ids = {id(p) for p in model.head.parameters()}
-        biases = [p for n, p in model.named_parameters() if id(p) not in head_ids and n.endswith("bias")]
-        if not biases:
-            raise ConfigError("methods.bitfit", f"the {getattr(model, 'arch', type(model).__name__)} backbone has no bias terms")
-        params = biases + (list(model.head.parameters()) if head_trained else [])
-        return train_params(model, params, cfg, task, ctx)
-
-
-@dataclass(frozen=True)
-class HeadOnlyConfig(HeadTrainConfig):
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    head_policies = ("keep", "reinit", "lp")
-
-
-@register_method("head_only")
-class HeadOnly(Method):
-    """Head-only: train the classifier head by SGD epochs through the frozen backbone."""
-
-    name = "head_only"
-    Config = HeadOnlyConfig
-
-    def adapt(self, pretrained: Model, task: Domain, ctx: AdaptContext) -> Model:
-        cfg = self.config
-        model = self.fresh_copy(pretrained)
-        prepare_head(model, cfg.head, pretrained, task, ctx)
-        return train_params(model, list(model.head.parameters()), cfg, task, ctx)

@@ -8,14 +8,13 @@ pull towards the pretrained weights.
 
 - EWC: Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks",
   PNAS 2017. Penalty ``lambda/2 * sum_i F_i (theta_i - theta*_i)^2`` with the diagonal
-  Fisher ``F`` of the pretrained model on ``ctx.pretrain_sample``. ``F`` is the
+  Fisher ``F`` of the pretrained model on the whole ``ctx.pretrain_sample``
+  (``ribench.methods.fisher.diagonal_fisher``, the one Fisher merging uses). ``F`` is the
   *expected* Fisher of the model's own predictive distribution: by default
   (``fisher="exact"``) the expectation over labels is summed exactly,
   ``F_i = mean_x sum_c p(c|x) (d log p(c|x) / d theta_i)^2``; ``fisher="sample"``
-  draws one label per image from ``p(.|x)`` (seeded), which costs one gradient per
-  image instead of one per class. Per-sample gradients come from ``torch.func``
-  (``vmap`` over ``grad``/``jacrev`` of a ``functional_call``), in chunks that bound
-  memory, not from a Python loop over samples.
+  draws one label per image from ``p(.|x)`` (a generator seeded with the run's seed),
+  which costs one gradient per image instead of one per class.
 - LwF: Li & Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2017. Adds
   ``lambda_o * KL(softmax(t/T) || softmax(s/T))`` between the pretrained model's logits
   ``t`` and the adapted model's ``s`` on the task's own images (T = 2, lambda_o = 1 as
@@ -41,91 +40,19 @@ the pretrained head is a meaningful anchor and is trained).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..core.errors import ConfigError
 from ..core.registry import register_method
-from ..core.types import Domain, Split
+from ..core.types import Domain
 from ..models.base import Model
 from .base import AdaptContext, Method
+from .fisher import check_mode, diagonal_fisher
 from .heads import HeadTrainConfig, check_positive, prepare_head, train_params
-
-FISHER_MODES = ("exact", "sample")
-
-
-class _Logits(nn.Module):
-    """Preprocessed images -> logits, so per-sample functions skip ``Model.preprocess``."""
-
-    def __init__(self, model: Model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.embed(z))
-
-
-def fisher_diagonal(model: Model, data: Split, names: list[str] | None = None, mode: str = "exact",
-                    generator: torch.Generator | None = None, max_chunk_floats: int = 2**25) -> dict[str, torch.Tensor]:
-    """Diagonal of the expected Fisher of ``model`` on ``data``: name -> tensor shaped like the parameter.
-
-    ``mode="exact"``: mean over images of ``sum_c p_c * g_c^2`` with g_c the gradient of
-    log p(c|x); ``mode="sample"``: mean of ``g_y^2`` with ``y ~ p(.|x)`` drawn with
-    ``generator``. ``names``: parameters to cover (default: all). Gradients per image
-    are batched with ``torch.func.vmap``; ``max_chunk_floats`` bounds the floats of
-    per-image gradients held at once.
-    """
-    from torch.func import functional_call, grad, jacrev, vmap
-
-    if mode not in FISHER_MODES:
-        raise ConfigError("fisher", f"must be one of {FISHER_MODES}, got {mode!r}")
-    if len(data) == 0:
-        raise ConfigError("pretrain_sample", "EWC needs pretraining images to compute the Fisher; the sample is empty")
-    wrapped = _Logits(model)
-    device = next(model.parameters()).device
-    all_params = dict(model.named_parameters())
-    names = list(all_params) if names is None else names
-    params = {f"model.{n}": all_params[n].detach() for n in names}
-    fixed = {f"model.{n}": p.detach() for n, p in all_params.items() if n not in names}
-    fixed.update({f"model.{n}": b for n, b in model.named_buffers()})
-    num_params = sum(p.numel() for p in params.values())
-    per_image = num_params * (model.num_classes if mode == "exact" else 1)
-    chunk = max(1, min(256, max_chunk_floats // max(1, per_image)))
-
-    def log_probs(p: dict, z: torch.Tensor) -> torch.Tensor:  # one image [C, S, S] -> [num_classes]
-        return torch.log_softmax(functional_call(wrapped, {**p, **fixed}, (z.unsqueeze(0),))[0], dim=-1)
-
-    def log_prob_of(p: dict, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
-        return (log_probs(p, z) * onehot).sum()  # a one-hot product: indexing by a label is not vmap-able
-
-    per_sample_jac = vmap(jacrev(log_probs), in_dims=(None, 0))  # -> name: [B, num_classes, *shape]
-    per_sample_grad = vmap(grad(log_prob_of), in_dims=(None, 0, 0))  # -> name: [B, *shape]
-    total = {k: torch.zeros_like(v) for k, v in params.items()}
-    was_training = model.training
-    model.eval()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There is a performance drop")  # vmap over attention kernels
-        try:
-            for xb, _ in data.batches(chunk):
-                with torch.no_grad():
-                    z = model.preprocess(xb.to(device))
-                    probs = torch.softmax(wrapped(z), dim=-1)
-                if mode == "exact":
-                    for k, j in per_sample_jac(params, z).items():
-                        w = probs.view(*probs.shape, *([1] * (j.dim() - 2)))
-                        total[k] += (w * j.square()).sum(dim=(0, 1))
-                else:
-                    y = torch.multinomial(probs.cpu(), 1, generator=generator).flatten().to(device)
-                    for k, v in per_sample_grad(params, z, F.one_hot(y, probs.shape[1]).to(z.dtype)).items():
-                        total[k] += v.square().sum(0)
-        finally:
-            model.train(was_training)
-    return {k.removeprefix("model."): v / len(data) for k, v in total.items()}
 
 
 def _anchored_names(model: Model, head_policy: str) -> list[str]:
@@ -178,8 +105,7 @@ class EWCConfig(RegularisedConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(self, "lam", allow_zero=True)
-        if self.fisher not in FISHER_MODES:
-            raise ConfigError("fisher", f"must be one of {', '.join(FISHER_MODES)}, got {self.fisher!r}")
+        check_mode(self.fisher)
 
 
 @register_method("ewc")
@@ -190,9 +116,11 @@ class EWC(_RegularisedFT):
     Config = EWCConfig
 
     def terms(self, model, pretrained, ctx):
+        if len(ctx.pretrain_sample) == 0:
+            raise ConfigError("pretrain_sample", "EWC needs pretraining images to compute the Fisher; the sample is empty")
         names = _anchored_names(model, self.config.head)
         g = torch.Generator().manual_seed(ctx.seed)
-        fisher = fisher_diagonal(pretrained, ctx.pretrain_sample, names, self.config.fisher, generator=g)
+        fisher = diagonal_fisher(pretrained, ctx.pretrain_sample, names, self.config.fisher, generator=g)
         anchor = {n: p.detach().clone() for n, p in pretrained.named_parameters() if n in fisher}
         ctx.info["fisher_mean"] = float(sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values()))
         return _quadratic_pull(model, anchor, fisher, self.config.lam), None
