@@ -204,18 +204,21 @@ def test_summary_rows_carry_t_intervals_over_task_seed_runs(grid_run):
     out, written = grid_run
     md = (out / "report.md").read_text()
     assert "95% t-interval" in md and "n/a: one run" in md
-    headers_line = next(ln for ln in md.splitlines() if ln.startswith("| backbone | recipe | method | ID acc"))
+    headers_line = next(ln for ln in md.splitlines()
+                        if ln.startswith("| backbone | recipe | method | tasks | seeds | ID acc"))
     headers = [c.strip() for c in headers_line.strip("|").split("|")]
     rows = {tuple(r[:3]): r for r in md_table(md, "Summary (")}
     html_rows = {tuple(r[:3]): r for r in html_table((out / "report.html").read_text(), "summary-table")}
+    assert html_rows == rows  # one table: the same columns and text in both reports
+    lp = rows[("b2", "narrow", "lp")]
     for metric, header, scale, sign in (("id_acc", "ID acc", 100, ""), ("dP", "ΔP", 100, "+")):
         v = [written["summary"][("b2", "lp", t, s, metric)] for t in (f"t{i}" for i in range(6)) for s in (0, 1)]
         lo, hi = stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=stats.sem(v))
         expected = f"{scale * np.mean(v):{sign}.1f} [{scale * lo:{sign}.1f}, {scale * hi:{sign}.1f}]"
-        assert rows[("b2", "narrow", "lp")][headers.index(header)] == expected
-        html_cell = html_rows[("b2", "narrow", "lp")][headers.index(header) + 2]  # + tasks, seeds columns
-        assert html_cell == expected
-    m0 = rows[("b2", "narrow", "pretrained")]
+        assert lp[headers.index(header)] == expected
+    assert (lp[headers.index("tasks")], lp[headers.index("seeds")]) == ("6", "2")
+    m0 = rows[("b2", "narrow", "m0 (pretrained)")]
     assert m0[headers.index("R")] == "60.0 (n/a: one run)"
-    assert rows[("b2", "narrow", "lp")][headers.index("trainable")] == "2,000"  # a setting: no interval
-    assert not any(math.isnan(float(c.split()[0])) for c in rows[("b2", "narrow", "lp")][3:5])
+    assert lp[headers.index("trainable")] == "2,000"  # a setting: no interval
+    first = headers.index("ID acc")
+    assert not any(math.isnan(float(c.split()[0])) for c in lp[first:first + 2])

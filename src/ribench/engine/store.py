@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from ..core.errors import DataError
+from ..core.rows import SUMMARY  # noqa: F401  (summary rows' eval_set, for the readers of this module)
 from .artifacts import pid_alive
 
 SCHEMA = """
@@ -52,7 +53,6 @@ CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, ho
 """
 
 LABELS = ("backbone", "recipe", "method", "task", "seed")
-SUMMARY = "*"
 CELL_COLUMNS = ("key", "kind", "status", "labels", "config", "info", "error", "traceback", "started", "finished",
                 "duration", "failure")
 FAILURES = ("cell", "worker")  # what failed: the cell's own code, or the process that ran it
@@ -276,6 +276,17 @@ class ResultsStore:
     def last_run(self) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT spec, env, started FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         return {"spec": json.loads(row[0]), "env": json.loads(row[1]), "started": row[2]} if row else None
+
+    @_guarded
+    def snapshot(self) -> dict[str, Any]:
+        """``metric_rows()``, ``last_run()`` and ``cells()`` read in one read transaction, so
+        that they agree even while another process is recording cells (what a report reads)."""
+        self.conn.execute("BEGIN")
+        try:
+            return {"rows": self.metric_rows(), "run": self.last_run(), "cells": self.cells()}
+        finally:
+            with suppress(sqlite3.Error):
+                self.conn.execute("COMMIT")
 
 
 _INSERT_CELL = (f"INSERT OR REPLACE INTO cells ({', '.join(CELL_COLUMNS)}) "

@@ -1,45 +1,40 @@
-"""Numbers behind the HTML report, the figures and the leaderboard, from flat metric rows.
+"""Every number of a report, from flat metric rows: the one place rows become numbers.
 
 Rows are ``ResultsStore.metric_rows()`` dicts (backbone, recipe, method, task, seed,
-eval_set, metric, value). Accuracies stay fractions in [0, 1] here; the presentation
-layers turn them into percentages. Seeds are averaged first where a value per
-(backbone, recipe, method, task) is needed. Method summaries (``Stat``) take the mean,
-sample standard deviation and 95% t-interval over every (task, seed) value. Whether a
-predictor held (``prediction_tests``) is computed here once, for the Markdown report,
-the HTML report and the figures alike, with ``analysis.statistics``.
+eval_set, metric, value); rows without a value (a NaN, stored as NULL) are left out.
+Accuracies stay fractions in [0, 1] here; ``catalogue`` says how the reports show them.
+Seeds are averaged first where a value per (backbone, recipe, method, task) is needed.
+Method summaries (``Stat``) take the mean, sample standard deviation and 95% t-interval
+over every (task, seed) value. Whether a predictor held (``prediction_tests``) is computed
+here once, with ``analysis.statistics``. The Markdown report, the HTML report, the console
+table, the figures and the leaderboard read these functions and only format what they return.
 
-Row families (docs/results.md):
-- eval_set ``"*"``: summary numbers of a model (id_acc, R, dR, dP, ...);
-- method ``"analysis"``: predictors (otdd, logme, ...) per (backbone, recipe, task);
-- method ``"wise_ft"``, eval_set ``"curve/alpha=<a>"``: WiSE-FT curve points;
-- eval_set ``"attack/<attack>/eps=<eps>"`` (m0: one per task, ``.../eps=<eps>/<task>``) and
-  ``"transfer/<attack>/eps=<eps>"``, metric ``robust_acc``: accuracy under attack.
+Row families (``core.rows``, docs/results.md):
+- eval_set ``SUMMARY`` (``"*"``): summary numbers of a model (id_acc, R, dR, dP, ...);
+- method ``ANALYSIS``: predictors (otdd, logme, ...) per (backbone, recipe, task);
+- method ``"wise_ft"``, eval_set ``curve(alpha)``: WiSE-FT curve points;
+- eval_set ``attack(name, eps[, task])`` and ``transfer(name, eps)``, metric ``robust_acc``;
+- eval_set ``DIAG_SUMMARY``, ``DIAG_LAYERS`` and ``diag(measure, sample)``: diagnostics;
+- task ``MERGED``: a model merged over every task.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
+from ..core import rows as names
 from ..core.errors import ConfigError
+from ..core.rows import ANALYSIS, DIAG_LAYERS, DIAG_SUMMARY, MERGED, PRETRAINED, SUMMARY
+from .catalogue import BY_NAME, PREDICTORS, lower_is_better
 
-SUMMARY = "*"
-PRETRAINED = "pretrained"
-ANALYSIS = "analysis"
-WISE_FT = "wise_ft"
-CURVE_PREFIX = "curve/alpha="
-ATTACK_PREFIX = "attack/"
+WISE_FT = "wise_ft"  # the method whose curve rows are drawn
 CORRUPTIONS = "corruptions"  # the folded column of every corruption set
-
-# Predictors in display order; any other metric of an analysis row is shown after these.
-PREDICTORS = ("otdd", "otdd_features", "logme", "leep", "nce", "hscore", "gbc", "knn")
-PREDICTOR_NAMES = {"otdd": "OTDD (pixels)", "otdd_features": "OTDD (features)", "logme": "LogME", "leep": "LEEP",
-                   "nce": "NCE", "hscore": "H-score", "gbc": "GBC", "knn": "kNN accuracy"}
+ACCURACY = "accuracy"  # the per-eval-set metric of the inheritance tables and figures
 
 Key = tuple  # (backbone, recipe, method) or (backbone, recipe)
 CONFIDENCE = 0.95  # of every interval in the reports
@@ -91,14 +86,34 @@ def is_model_row(r: dict[str, Any]) -> bool:
     return r["method"] != ANALYSIS
 
 
+def _valued(rows: Iterable[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+    """The rows with a value (SQLite stores NaN as NULL, read back as None)."""
+    return (r for r in rows if r["value"] is not None)
+
+
+def _sorted_points(out: dict) -> dict:
+    """Sort every point list two levels below the (backbone, recipe) keys of ``out``."""
+    for per_panel in out.values():
+        for per_line in per_panel.values():
+            for line in per_line:
+                per_line[line].sort()
+    return out
+
+
 def method_order(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Methods of model rows: ``pretrained`` first, then in order of first appearance."""
     seen: dict[str, None] = {}
     for r in rows:
         if is_model_row(r):
             seen.setdefault(r["method"], None)
-    names = list(seen)
-    return sorted(names, key=lambda m: (m != PRETRAINED, names.index(m)))
+    found = list(seen)
+    return sorted(found, key=lambda m: (m != PRETRAINED, found.index(m)))
+
+
+def _in_method_order(keys: Iterable[tuple], rows: Iterable[dict[str, Any]]) -> list[tuple]:
+    """(backbone, recipe, method) keys by backbone and recipe, then ``method_order``."""
+    order = method_order(rows)
+    return sorted(keys, key=lambda k: (str(k[0]), str(k[1]), order.index(k[2]) if k[2] in order else len(order)))
 
 
 def backbone_recipes(rows: Iterable[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -110,8 +125,8 @@ def summarize_methods(rows: list[dict[str, Any]]) -> list[MethodSummary]:
     values: dict[Key, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     tasks: dict[Key, set] = defaultdict(set)
     seeds: dict[Key, set] = defaultdict(set)
-    for r in rows:
-        if r["eval_set"] != SUMMARY or not is_model_row(r) or r["value"] is None:  # NaN is stored as NULL
+    for r in _valued(rows):
+        if r["eval_set"] != SUMMARY or not is_model_row(r):
             continue
         k = (r["backbone"], r["recipe"], r["method"])
         values[k][r["metric"]].append(r["value"])
@@ -119,8 +134,7 @@ def summarize_methods(rows: list[dict[str, Any]]) -> list[MethodSummary]:
             tasks[k].add(r["task"])
         if r["seed"] is not None:
             seeds[k].add(r["seed"])
-    order = method_order(rows)
-    keys = sorted(values, key=lambda k: (str(k[0]), str(k[1]), order.index(k[2])))
+    keys = _in_method_order(values, rows)
     return [MethodSummary(*k, {m: Stat.of(v) for m, v in values[k].items()}, sorted(tasks[k]), sorted(seeds[k]))
             for k in keys]
 
@@ -143,8 +157,8 @@ def accuracy_by_column(rows: list[dict[str, Any]], layout: dict[str, Any]) -> di
     corr = set(layout.get("corruptions", {}))
     columns = set(layout_columns(layout))
     acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["metric"] != "accuracy" or not is_model_row(r):
+    for r in _valued(rows):
+        if r["metric"] != ACCURACY or not is_model_row(r):
             continue
         col = CORRUPTIONS if r["eval_set"] in corr else r["eval_set"]
         if col in columns:
@@ -196,64 +210,46 @@ def corruption_curves(rows: list[dict[str, Any]], layout: dict[str, Any]) -> dic
     """(backbone, recipe) -> corruption -> method -> [(severity, mean accuracy)] sorted by severity."""
     corr = {k: (c, int(s)) for k, (c, s) in layout.get("corruptions", {}).items()}
     vals: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
-        if r["metric"] == "accuracy" and r["eval_set"] in corr and is_model_row(r):
+    for r in _valued(rows):
+        if r["metric"] == ACCURACY and r["eval_set"] in corr and is_model_row(r):
             c, s = corr[r["eval_set"]]
             vals[(r["backbone"], r["recipe"], c, r["method"], s)].append(r["value"])
     out: dict[tuple, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(dict))
     for (b, rc, c, m, s), v in vals.items():
         out[(b, rc)][c].setdefault(m, []).append((s, float(np.mean(v))))
-    for per_c in out.values():
-        for per_m in per_c.values():
-            for m in per_m:
-                per_m[m].sort()
-    return out
-
-
-_ATTACK = re.compile(r"^(?P<kind>attack|transfer)/(?P<name>[^/]+)/eps=(?P<eps>[^/]+)(?:/(?P<task>.+))?$")
+    return _sorted_points(out)
 
 
 def parse_attack(eval_set: str) -> tuple[str, float] | None:
     """``"attack/pgd/eps=0.03"`` -> ``("pgd", 0.03)``; the pretrained model's per-task rows
     ``"attack/pgd/eps=0.03/<task>"`` parse the same; transfer attacks (crafted on m0)
     ``"transfer/pgd/eps=0.03"`` -> ``("pgd (transfer from m0)", 0.03)``. None for other eval sets."""
-    m = _ATTACK.match(eval_set)
-    if not m:
+    a = names.parse_attack(eval_set)
+    if a is None:
         return None
-    try:
-        eps = float(m["eps"])
-    except ValueError:
-        return None
-    return (m["name"] if m["kind"] == "attack" else f"{m['name']} (transfer from m0)"), eps
+    return (f"{a.name} (transfer from m0)" if a.transfer else a.name), a.eps
 
 
 def attack_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, list]]]:
     """(backbone, recipe) -> attack -> method -> [(eps, mean robust accuracy)] sorted by eps;
     means over tasks and seeds (for m0, over the tasks it was attacked on)."""
     vals: dict[tuple, list[float]] = defaultdict(list)
-    for r in rows:
+    for r in _valued(rows):
         a = parse_attack(r["eval_set"]) if r["metric"] == "robust_acc" and is_model_row(r) else None
         if a:
             vals[(r["backbone"], r["recipe"], a[0], r["method"], a[1])].append(r["value"])
     out: dict[tuple, dict[str, dict[str, list]]] = defaultdict(lambda: defaultdict(dict))
     for (b, rc, a, m, eps), v in vals.items():
         out[(b, rc)][a].setdefault(m, []).append((eps, float(np.mean(v))))
-    for per_a in out.values():
-        for per_m in per_a.values():
-            for m in per_m:
-                per_m[m].sort()
-    return out
+    return _sorted_points(out)
 
 
 def wise_ft_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[tuple[float, float, float]]]]:
     """(backbone, recipe) -> task -> [(alpha, id_acc, R)] sorted by alpha, means over seeds."""
     vals: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        if r["method"] == WISE_FT and r["eval_set"].startswith(CURVE_PREFIX) and r["metric"] in ("id_acc", "R"):
-            try:
-                alpha = float(r["eval_set"][len(CURVE_PREFIX):])
-            except ValueError:
-                continue
+    for r in _valued(rows):
+        alpha = names.parse_curve(r["eval_set"]) if r["method"] == WISE_FT else None
+        if alpha is not None and r["metric"] in ("id_acc", "R"):
             vals[(r["backbone"], r["recipe"], r["task"], alpha)][r["metric"]].append(r["value"])
     out: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for (b, rc, t, alpha), m in vals.items():
@@ -266,32 +262,13 @@ def wise_ft_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[tup
 
 
 # --- what changed inside the models (diagnose cells) ------------------------------------
-DIAG_SUMMARY, DIAG_LAYERS = "diag/summary", "diag/layers"
-DIAG_COLUMNS = [  # (metric of diag/summary, header, kind, tooltip)
-    ("linear_cka_features/task", "CKA task", "ratio",
-     "linear CKA between m0's and the adapted model's features on the task's test images (1: unchanged)"),
-    ("linear_cka_features/pretrain", "CKA pretrain", "ratio",
-     "linear CKA between m0's and the adapted model's features on pretraining test images"),
-    ("mutual_knn_features/pretrain", "mkNN pretrain", "ratio",
-     "mutual k-nearest-neighbour alignment of the features on pretraining test images"),
-    ("task_vector_relative_norm", "‖τ‖/‖θ0‖", "ratio", "task-vector norm relative to the pretrained weights' norm"),
-    ("loss_barrier/task", "barrier task", "ratio",
-     "loss barrier (nats) on the linear path m0 → adapted, task test images"),
-    ("loss_barrier/pretrain", "barrier pretrain", "ratio",
-     "loss barrier (nats) on the linear path m0 → adapted, pretraining test images"),
-    ("filter_kl", "filter KL", "ratio", "mean KL shift of the 3x3 convolution filters' distribution"),
-]
-
-
 def diagnostic_summaries(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Stat]]:
     """(backbone, recipe, method) -> diag/summary metric -> Stat over tasks and seeds."""
     vals: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
+    for r in _valued(rows):
         if r["eval_set"] == DIAG_SUMMARY:
             vals[(r["backbone"], r["recipe"], r["method"])][r["metric"]].append(r["value"])
-    order = method_order(rows)
-    keys = sorted(vals, key=lambda k: (str(k[0]), str(k[1]), order.index(k[2]) if k[2] in order else len(order)))
-    return {k: {m: Stat.of(v) for m, v in vals[k].items()} for k in keys}
+    return {k: {m: Stat.of(v) for m, v in vals[k].items()} for k in _in_method_order(vals, rows)}
 
 
 def similarity_by_layer(rows: list[dict[str, Any]], measure: str = "linear_cka"
@@ -300,8 +277,8 @@ def similarity_by_layer(rows: list[dict[str, Any]], measure: str = "linear_cka"
     similarity over tasks and seeds)] in network order."""
     position: dict[tuple, dict[str, float]] = defaultdict(dict)
     vals: dict[tuple, list[float]] = defaultdict(list)
-    prefix = f"diag/{measure}/"
-    for r in rows:
+    prefix = names.diag(measure, "")
+    for r in _valued(rows):
         if r["eval_set"] == DIAG_LAYERS:
             position[(r["backbone"], r["recipe"])][r["metric"]] = r["value"]
         elif r["eval_set"].startswith(prefix):
@@ -311,17 +288,49 @@ def similarity_by_layer(rows: list[dict[str, Any]], measure: str = "linear_cka"
         pos = position[(b, rc)].get(layer)
         if pos is not None:
             out[(b, rc)][sample][m].append((int(pos), layer, float(np.mean(v))))
-    for per_sample in out.values():
-        for per_m in per_sample.values():
-            for pts in per_m.values():
-                pts.sort()
-    return out
+    return _sorted_points(out)
+
+
+# --- merged models ----------------------------------------------------------------------------
+@dataclass
+class MergedSummary:
+    """One (backbone, recipe, method) merged over every task (task label ``MERGED``): its
+    ``norm_acc`` on each task (accuracy / that of the model fine-tuned on the task alone),
+    their mean and the mean accuracy itself, each a ``Stat`` over seeds."""
+
+    backbone: str
+    recipe: str
+    method: str
+    per_task: dict[str, Stat]
+    norm_acc: Stat
+    task_acc: Stat
+
+
+def merged_summaries(rows: list[dict[str, Any]]) -> tuple[list[str], list[MergedSummary]]:
+    """(the tasks merged over, sorted; one ``MergedSummary`` per merged (backbone, recipe, method))."""
+    per_task: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    summary: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _valued(rows):
+        if r["task"] != MERGED:
+            continue
+        k = (r["backbone"], r["recipe"], r["method"])
+        if r["eval_set"] == SUMMARY:
+            if r["metric"] in ("norm_acc", "task_acc"):
+                summary[k][r["metric"]].append(r["value"])
+        elif r["metric"] == "norm_acc":
+            per_task[k][r["eval_set"]].append(r["value"])
+    tasks = sorted({t for v in per_task.values() for t in v})
+    keys = sorted(set(per_task) | set(summary))
+    return tasks, [MergedSummary(*k, {t: Stat.of(v) for t, v in per_task[k].items()},
+                                 Stat.of(summary[k]["norm_acc"]), Stat.of(summary[k]["task_acc"])) for k in keys]
 
 
 # --- predictors ---------------------------------------------------------------------------
 def predictors_present(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The run's predictors: those of ``catalogue.PREDICTORS`` in its order, then any other by name."""
     found = {r["metric"] for r in rows if r["method"] == ANALYSIS and r["eval_set"] == SUMMARY}
-    return [p for p in PREDICTORS if p in found] + sorted(found - set(PREDICTORS))
+    known = [p.name for p in PREDICTORS]
+    return [p for p in known if p in found] + sorted(found - set(known))
 
 
 @dataclass(frozen=True)
@@ -350,7 +359,7 @@ def predictor_points(rows: list[dict[str, Any]], predictor: str) -> list[Predict
 
 # --- did the prediction hold? ---------------------------------------------------------------
 TARGETS = ("id_acc", "dR", "dP")  # outcomes a predictor is tested against
-TARGET_NAMES = {"id_acc": "ID acc", "dR": "ΔR", "dP": "ΔP"}
+TARGET_NAMES = {t: BY_NAME[t].header for t in TARGETS}
 ACROSS_TASKS = "tasks"  # units: tasks; groups: (backbone, recipe, method)
 ACROSS_MODELS = "models"  # units: (backbone, recipe); groups: (method, task); model-dependent predictors only
 SCOPES = (ACROSS_TASKS, ACROSS_MODELS)
@@ -450,3 +459,49 @@ def prediction_tests(rows: list[dict[str, Any]], scope: str = ACROSS_TASKS,
             result = grouped_spearman(xs, ys) if groups else None
             out.append(PredictionTest(p, target, scope, tuple(groups), tuple(units), left_out, result))
     return out
+
+
+def model_free_task_values(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """predictor -> task -> value, for the predictors of the run that do not depend on the
+    model (pixel OTDD: the same for every backbone and recipe; mean over them), in
+    ``predictors_present`` order, tasks sorted."""
+    from ..analysis.predict import depends_on_model
+
+    preds = predictor_values(rows)
+    out = {}
+    for p in predictors_present(rows):
+        if depends_on_model(p) or p not in preds:
+            continue
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for (_, _, task), v in preds[p].items():
+            by_task[task].append(v)
+        out[p] = {t: float(np.mean(by_task[t])) for t in sorted(by_task, key=str)}
+    return out
+
+
+@dataclass(frozen=True)
+class PredictorRanks:
+    """Per task, every (backbone, recipe) with the value and rank (1 = predicted to transfer
+    best; ties share the best rank) under each predictor that depends on the model."""
+
+    predictors: list[str]  # distances first, then by name
+    tasks: dict[str, dict[tuple, dict[str, tuple[float, int]]]]  # task -> model -> predictor -> (value, rank)
+
+
+def predictor_ranks(rows: list[dict[str, Any]]) -> PredictorRanks:
+    """Every (backbone, recipe) ranked per task by each predictor that depends on the model."""
+    from ..analysis.predict import depends_on_model
+
+    preds = {p: v for p, v in predictor_values(rows).items() if depends_on_model(p)}
+    order = sorted(preds, key=lambda p: (not lower_is_better(p), p))
+    out: dict[str, dict[tuple, dict[str, tuple[float, int]]]] = {}
+    for task in sorted({k[2] for v in preds.values() for k in v}, key=str):
+        models = sorted({k[:2] for v in preds.values() for k in v if k[2] == task}, key=lambda m: tuple(map(str, m)))
+        per_model: dict[tuple, dict[str, tuple[float, int]]] = {m: {} for m in models}
+        for p in order:
+            sign = 1.0 if lower_is_better(p) else -1.0
+            vals = {m: preds[p][(*m, task)] for m in models if (*m, task) in preds[p]}
+            for m, v in vals.items():
+                per_model[m][p] = (v, 1 + sum(sign * w < sign * v for w in vals.values()))
+        out[task] = per_model
+    return PredictorRanks(order, out)

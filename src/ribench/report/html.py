@@ -30,29 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from . import aggregate as agg
+from .guide import GUIDE
 from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
-from .rundata import RunData, load_run
-from .prediction import GROUP_HEADERS, PREDICTION_GUIDE, prediction_notes, prediction_tables
-from .tables import INTERVAL_NOTE, NO_INTERVAL, ONE_RUN, backbone_names, merged_table
+from .prediction import prediction_notes, prediction_tables
+from .rundata import RunData, RunSource, as_run
+from .tables import Cell, Table, backbone_names, cell_label, diagnostics_table, merged_table, summary_table
 
-# (metric, header, kind, tooltip); kind picks the format: pct (fraction shown in %),
-# delta (fraction shown as signed points), ratio, int, sec
-SUMMARY_COLUMNS = [
-    ("id_acc", "ID acc", "pct", "accuracy on the task the model was adapted to (%)"),
-    ("R", "R", "pct", "mean accuracy on the suite's other tasks: OOD robustness (%)"),
-    ("dR", "ΔR", "delta", "R minus m0's R on the same tasks (points; negative: robustness lost)"),
-    ("P_acc", "P acc", "pct", "accuracy on the pretraining task (%)"),
-    ("dP", "ΔP", "delta", "change of P acc from m0 (points; negative: forgetting)"),
-    ("corr_acc", "corr acc", "pct", "mean accuracy over every corruption and severity (%)"),
-    ("mCE", "mCE", "ratio", "mean corruption error relative to the reference model (lower is better)"),
-    ("robust_acc", "robust acc", "pct", "accuracy under attack, mean over attacks and budgets (%)"),
-    ("transfer_robust_acc", "transfer acc", "pct", "accuracy under attacks crafted on m0 (transfer), mean (%)"),
-    ("id_ece", "ECE", "pct", "15-bin expected calibration error on the ID task (%)"),
-    ("id_nll", "NLL", "ratio", "negative log-likelihood on the ID task (nats)"),
-    ("trainable_params", "trainable", "int", "trainable parameters during adaptation"),
-    ("train_seconds", "train s", "sec", "adaptation wall time (seconds)"),
-]
-ALWAYS = {"id_acc", "R", "dR", "P_acc", "dP", "trainable_params", "train_seconds"}
+REPORT_FILE = "report.html"
+SORT_HINT = "Click a column header to sort (by the mean); rows without a value go last."
 
 CSS = """
 :root { --fg:#1d1f23; --muted:#5c6370; --line:#d9dce1; --bg:#ffffff; --accent:#2457a6; --m0:#f4f5f7; }
@@ -72,7 +57,7 @@ table.sortable th:hover { background: #eef2f8; }
 table.sortable th[aria-sort="ascending"]::after { content: " ▲"; font-size: .75em; }
 table.sortable th[aria-sort="descending"]::after { content: " ▼"; font-size: .75em; }
 tr.m0 td { background: var(--m0); }
-.sd, .ci { color: var(--muted); font-size: .78em; display: block; line-height: 1.1; }
+.spread { color: var(--muted); font-size: .78em; display: block; line-height: 1.1; }
 .neg { color: #b2182b; } .pos { color: #2166ac; }
 .table-wrap { overflow-x: auto; }
 .plots { display: flex; flex-wrap: wrap; gap: 18px; }
@@ -118,110 +103,71 @@ SORT_JS = """
 """
 
 
-def _num(stat: agg.Stat | None, kind: str, spread: str = "sd") -> tuple[str, str]:
-    """(data-value, html text) of a summary cell: the mean and below it, by ``spread``, the
-    standard deviation ("sd"), the 95% t-interval ("interval"; "n/a: one run" for a single
-    value) or nothing ("none")."""
-    if stat is None or stat.n == 0 or not math.isfinite(stat.mean):
-        return "", "–"
-    fmt = {"pct": lambda v: f"{100 * v:.1f}", "delta": lambda v: f"{100 * v:+.1f}", "ratio": lambda v: f"{v:.3f}",
-           "int": lambda v: f"{v:,.0f}"}.get(kind, lambda v: f"{v:.1f}")
-    m = stat.mean
-    text = fmt(m)
-    if kind == "delta" and round(100 * m, 1) != 0:
-        text = f'<span class="{"neg" if m < 0 else "pos"}">{text}</span>'
-    if spread == "interval":
-        if stat.n < 2:
-            text += f' <span class="ci">{ONE_RUN}</span>'
-        elif math.isfinite(stat.lo) and math.isfinite(stat.hi):
-            text += f' <span class="ci">[{fmt(stat.lo)}, {fmt(stat.hi)}]</span>'
-    elif spread == "sd" and stat.n > 1:
-        sd = f"{100 * stat.std:.1f}" if kind == "delta" else fmt(stat.std)
-        text += f' <span class="sd">± {sd}</span>'
-    return repr(m), text
+def _cell_html(v: str, label: bool) -> str:
+    """One ``<td>``: a label as text; a number with ``data-value`` (what the table sorts by),
+    its mean, coloured when it is a change, and its spread below it."""
+    if label:
+        return f'<td class="label">{escape(str(v))}</td>'
+    if isinstance(v, Cell):
+        value = "" if v.value is None else repr(v.value)
+        main = escape(v.main)
+        if v.sign:
+            main = f'<span class="{"neg" if v.sign < 0 else "pos"}">{main}</span>'
+        spread = f' <span class="spread">{escape(v.spread)}</span>' if v.spread else ""
+        return f'<td data-value="{value}">{main}{spread}</td>'
+    try:
+        value = repr(float(str(v).split(" ")[0]))
+    except ValueError:
+        value = ""
+    return f'<td data-value="{value}">{escape(str(v))}</td>'
 
 
-def summary_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str, str]]:
-    """The summary's metric columns: the always-shown ones and those with data."""
-    present = {r["metric"] for r in rows if r["eval_set"] == agg.SUMMARY and agg.is_model_row(r)}
-    return [c for c in SUMMARY_COLUMNS if c[0] in ALWAYS or c[0] in present]
+def _attrs(**attrs: str) -> str:
+    """`` name="value"`` for every non-empty attribute (``cls`` for ``class``)."""
+    return "".join(f' {"class" if k == "cls" else k}="{escape(v)}"' for k, v in attrs.items() if v)
+
+
+def table_html(t: Table, table_id: str | None = None) -> str:
+    """A ``tables.Table`` as a sortable HTML table, with the tooltips and row marks it carries."""
+    tips = t.tooltips or [""] * len(t.headers)
+    head = "".join(f"<th{_attrs(cls='label' if i < t.label_columns else '', title=tip)}>{escape(h)}</th>"
+                   for i, (h, tip) in enumerate(zip(t.headers, tips)))
+    body = []
+    for i, r in enumerate(t.rows):
+        cls = t.row_classes[i] if i < len(t.row_classes) else ""
+        body.append(f"<tr{_attrs(cls=cls)}>" + "".join(_cell_html(v, j < t.label_columns) for j, v in enumerate(r))
+                    + "</tr>")
+    return (f'<div class="table-wrap"><table class="sortable" id="{table_id or t.table_id}"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
 def summary_html(run: RunData) -> str:
-    cols = summary_columns(run.rows)
-    head = "".join(f'<th class="label" title="{t}">{h}</th>' for h, t in (
-        ("backbone", "backbone architecture"), ("recipe", "pretraining recipe of m0"), ("method", "adaptation method")))
-    head += '<th title="fine-tuning tasks">tasks</th><th title="fine-tuning seeds">seeds</th>'
-    head += "".join(f'<th title="{escape(tip)}">{escape(h)}</th>' for _, h, _, tip in cols)
-    body = []
-    for s in agg.summarize_methods(run.rows):
-        cells = [f'<td class="label">{escape(str(v))}</td>' for v in (s.backbone, s.recipe,
-                                                                        "m0 (pretrained)" if s.method == agg.PRETRAINED else s.method)]
-        cells += [f'<td data-value="{len(v)}">{len(v)}</td>' if v else '<td data-value="">–</td>' for v in (s.tasks, s.seeds)]
-        for metric, _, kind, _ in cols:
-            value, text = _num(s.stats.get(metric), kind, "none" if metric in NO_INTERVAL else "interval")
-            cells.append(f'<td data-value="{value}">{text}</td>')
-        cls = ' class="m0"' if s.method == agg.PRETRAINED else ""
-        body.append(f"<tr{cls} data-method=\"{escape(s.method)}\">{''.join(cells)}</tr>")
-    return (f'<div class="table-wrap"><table class="sortable" id="summary-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    """The summary table and the reading guide of its columns (the one report.md shows)."""
+    t = summary_table(run.rows)
+    notes = "".join(f"<li><b>{escape(h)}</b>: {escape(text)}</li>" for h, text in t.column_notes())
+    return (f'<p class="note">{escape(GUIDE["summary"])} {SORT_HINT}</p>' + table_html(t)
+            + f'<details><summary>How to read the columns</summary><ul class="note">{notes}</ul></details>')
 
 
 def prediction_html(run: RunData) -> str:
     """The tables of "Did the prediction hold?", the very ones report.md shows
     (``prediction.prediction_tables``), and the note on predictors that rank no model."""
     parts = []
-    for scope, table_id in ((agg.ACROSS_TASKS, "correlation-table"), (agg.ACROSS_MODELS, "model-correlation-table")):
+    for scope in agg.SCOPES:
         tables = prediction_tables(run.rows, scope)
         if tables is None:
             continue
         summary, detail = tables
-        parts.append(f"<h3>{escape(summary.title)}</h3>" + table_html(summary, table_id, label_columns=2))
-        parts.append(f"<details><summary>{escape(detail.title)}</summary>"
-                     + table_html(detail, f"{table_id}-groups", label_columns=len(GROUP_HEADERS[scope]) + 1)
-                     + "</details>")
+        parts.append(f"<h3>{escape(summary.title)}</h3>" + table_html(summary))
+        parts.append(f"<details><summary>{escape(detail.title)}</summary>" + table_html(detail) + "</details>")
     parts += [f'<p class="note">{escape(note)}</p>' for note in prediction_notes(run.rows)]
     return "".join(parts)
 
 
 def diagnostics_html(run: RunData) -> str:
     """Per (backbone, recipe, method): what changed inside the adapted models (columns with data)."""
-    summaries = agg.diagnostic_summaries(run.rows)
-    present = {m for stats in summaries.values() for m in stats}
-    cols = [c for c in agg.DIAG_COLUMNS if c[0] in present]
-    head = "".join(f'<th class="label">{h}</th>' for h in ("backbone", "recipe", "method"))
-    head += "".join(f'<th title="{escape(tip)}">{escape(h)}</th>' for _, h, _, tip in cols)
-    body = []
-    for (b, rc, m), stats in summaries.items():
-        cells = [f'<td class="label">{escape(str(v))}</td>' for v in (b, rc, m)]
-        for metric, _, kind, _ in cols:
-            value, text = _num(stats.get(metric), kind)
-            cells.append(f'<td data-value="{value}">{text}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<div class="table-wrap"><table class="sortable" id="diagnostics-table"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
-
-
-def table_html(t, table_id: str, label_columns: int = 3) -> str:
-    """A ``tables.Table`` as a sortable HTML table; the first ``label_columns`` are text."""
-    head = "".join(f'<th class="label">{escape(h)}</th>' if i < label_columns else f"<th>{escape(h)}</th>"
-                   for i, h in enumerate(t.headers))
-    body = []
-    for r in t.rows:
-        cells = []
-        for i, v in enumerate(r):
-            if i < label_columns:
-                cells.append(f'<td class="label">{escape(str(v))}</td>')
-                continue
-            first = str(v).split(" ")[0]
-            try:
-                value = repr(float(first))
-            except ValueError:
-                value = ""
-            cells.append(f'<td data-value="{value}">{escape(str(v))}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return (f'<div class="table-wrap"><table class="sortable" id="{table_id}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    t = diagnostics_table(run.rows)
+    return "" if t is None else table_html(t)
 
 
 def _figures(plots: list[Plot]) -> str:
@@ -275,33 +221,9 @@ def failures_html(run: RunData) -> str:
     failed = [c for c in run.cells if c["status"] == "failed"]
     items = []
     for c in failed:
-        label = "/".join(str(v) for v in c["labels"].values() if v is not None)
-        items.append(f"<li><b>{escape(c['kind'])}</b> {escape(label)}: {escape(c['error'] or '')}"
+        items.append(f"<li><b>{escape(c['kind'])}</b> {escape(cell_label(c))}: {escape(c['error'] or '')}"
                      f"<details><summary>traceback</summary><pre>{escape(c['traceback'] or '')}</pre></details></li>")
     return f'<ul id="failures">{"".join(items)}</ul>'
-
-
-GUIDE = {
-    "summary": "One row per backbone, pretraining recipe and method; m0 rows are the pretrained model itself. "
-               + INTERVAL_NOTE + " Accuracies in %, ΔR and ΔP in points (negative: robustness lost, forgetting). "
-               "Click a column header to sort (by the mean).",
-    "inheritance": "How adaptation to one task changes accuracy everywhere else. Each cell: accuracy on the column's "
-                   "eval set (%), and in brackets its change from m0.",
-    "radar": "The shape of robustness: how far each method's polygon falls inside m0's, and on which eval sets.",
-    "corruptions": "Which corruptions, at which severity, lose the most accuracy after adaptation.",
-    "attacks": "Accuracy under adversarial attack as the budget grows.",
-    "predictors": PREDICTION_GUIDE.replace("\n", " "),
-    "wise_ft": "Weight-space ensembles of m0 and the fine-tuned model: how much OOD robustness interpolation "
-               "buys back for how much ID accuracy.",
-    "merged": "One merged model (task arithmetic, TIES, Fisher merging, aTLAS...) serves every task. Each cell: "
-              "its accuracy on a task divided by the accuracy of the model fine-tuned on that task alone (%, 100 = "
-              "no loss from merging), mean ± standard deviation over seeds; then the mean over tasks and the mean "
-              "accuracy itself.",
-    "inside": "What adaptation changed inside each model, compared with m0: similarity of representations layer by "
-              "layer (CKA: 1 = unchanged up to rotation and scale), how far the weights moved (task-vector norm), "
-              "whether the straight path from m0 crosses a loss barrier, and how the convolution filters shifted. "
-              "Mean ± standard deviation over tasks and seeds.",
-}
 
 
 def render_html(run: RunData, plots: list[Plot]) -> str:
@@ -309,8 +231,7 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
     by_section: dict[str, list[Plot]] = {}
     for p in plots:
         by_section.setdefault(p.section, []).append(p)
-    sections: list[tuple[str, str, str]] = [("summary", "Summary per method", f'<p class="note">{GUIDE["summary"]}</p>'
-                                             + summary_html(run))]
+    sections: list[tuple[str, str, str]] = [("summary", "Summary per method", summary_html(run))]
     for sec in ("inheritance", "radar", "corruptions", "attacks", "predictors", "wise_ft", "inside"):
         if sec not in by_section:
             continue
@@ -323,7 +244,7 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
     merged = merged_table(run.rows)
     if merged is not None:
         sections.append(("merged", "Merged models against the individually fine-tuned ones",
-                         f'<p class="note">{escape(GUIDE["merged"])}</p>' + table_html(merged, "merged-table")))
+                         f'<p class="note">{escape(GUIDE["merged"])}</p>' + table_html(merged)))
     if any(c["status"] == "failed" for c in run.cells):
         sections.append(("failures", "Failed cells", failures_html(run)))
     sections.append(("reproduce", "Reproducing this run", reproduce_html(run)))
@@ -350,18 +271,19 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
     )
 
 
-def write_html_report(out_dir: str | Path, path: str | Path | None = None, figures: bool = True) -> Path:
-    """Write ``<out_dir>/report.html`` (or ``path``) and return its path. With ``figures``,
-    also save every plot as ``<out_dir>/figures/<slug>.png`` (see ``plots.write_figures``)."""
-    run = load_run(out_dir)
+def write_html_report(source: RunSource, path: str | Path | None = None, figures: bool = True) -> Path:
+    """Write ``<out_dir>/report.html`` (or ``path``) and return its path; ``source``: a
+    ``RunData`` or the run's folder. With ``figures``, also save every plot as
+    ``<out_dir>/figures/<slug>.png`` (see ``plots.write_figures``)."""
+    run = as_run(source)
     plots = build_plots(run)
     try:
         if figures:
-            write_figures(out_dir, plots, run)
+            write_figures(run.out_dir, plots, run)
         page = render_html(run, plots)
     finally:
         for p in plots:
             p.figure.clear()
-    out = Path(path) if path is not None else Path(out_dir) / "report.html"
+    out = Path(path) if path is not None else run.out_dir / REPORT_FILE
     out.write_text(page, encoding="utf-8")
     return out

@@ -6,6 +6,9 @@ Every field is a number (accuracies and changes in %, rounded to 2 decimals), ex
 the labels. Fields without data in the run (e.g. ``robust_acc`` without attacks) are
 left out of the entry, never null.
 
+The fields, their units and leaderboard.md's columns are those of ``catalogue.SUMMARY_METRICS``
+with a ``board`` name; the numbers are ``aggregate.summarize_methods``'s, as in the reports.
+
 Entries are sorted by ``SORT_KEY``: OOD robustness R (descending), then clean (ID)
 accuracy (descending), then the model name.
 """
@@ -18,45 +21,25 @@ from pathlib import Path
 from typing import Any
 
 from . import aggregate as agg
-from .rundata import load_run
+from .catalogue import LOWER, MISSING, SUMMARY_METRICS, Metric
+from .rundata import RunSource, as_run
 
 SORT_KEY = ("ood_robustness desc", "clean_acc desc", "model asc")
-# leaderboard field -> (summary metric, scale): scale 100 turns fractions into % or points
-FIELDS = {
-    "clean_acc": ("id_acc", 100.0),
-    "ood_robustness": ("R", 100.0),
-    "delta_R": ("dR", 100.0),
-    "pretrain_acc": ("P_acc", 100.0),
-    "delta_P": ("dP", 100.0),
-    "corruption_acc": ("corr_acc", 100.0),
-    "mCE": ("mCE", 1.0),
-    "robust_acc": ("robust_acc", 100.0),
-    "transfer_robust_acc": ("transfer_robust_acc", 100.0),
-    "ece": ("id_ece", 100.0),
-    "trainable_params": ("trainable_params", 1.0),
-    "train_seconds": ("train_seconds", 1.0),
-}
-WITH_SPREAD = ("clean_acc", "ood_robustness", "delta_R", "delta_P")
-UNITS = {"clean_acc": "%", "ood_robustness": "%", "delta_R": "points", "pretrain_acc": "%", "delta_P": "points",
-         "corruption_acc": "%", "mCE": "ratio to the reference model (lower is better)", "robust_acc": "%", "transfer_robust_acc": "%",
-         "ece": "%", "trainable_params": "count", "train_seconds": "s"}
+FIELDS: tuple[Metric, ...] = tuple(m for m in SUMMARY_METRICS if m.board)  # in catalogue order
+UNITS = {m.board: m.unit.name + (" (lower is better)" if m.direction == LOWER else "") for m in FIELDS}
+COUNTS = (("n_tasks", "tasks"), ("n_seeds", "seeds"))
 
 
-def _round(x: float, field: str) -> float | int:
-    if field == "trainable_params":
-        return int(round(x))
-    return round(x, 4 if field == "mCE" else 2)
-
-
-def _fields(stats: dict[str, agg.Stat]) -> dict[str, float | int]:
+def _fields(stats: dict[str, agg.Stat], reference: bool = False) -> dict[str, float | int]:
+    """The leaderboard fields of one summary (``reference``: those listed for m0, no spread)."""
     out: dict[str, float | int] = {}
-    for field, (metric, scale) in FIELDS.items():
-        s = stats.get(metric)
-        if s is None or s.n == 0 or not math.isfinite(s.mean):
+    for m in FIELDS:
+        s = stats.get(m.name)
+        if s is None or s.n == 0 or not math.isfinite(s.mean) or (reference and not m.reference):
             continue
-        out[field] = _round(scale * s.mean, field)
-        if field in WITH_SPREAD:
-            out[f"{field}_std"] = _round(scale * s.std, field)
+        out[m.board] = m.unit.rounded(s.mean)
+        if m.board_std and not reference:
+            out[f"{m.board}_std"] = m.unit.rounded(s.std)
     return out
 
 
@@ -67,62 +50,52 @@ def leaderboard_entries(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
         base = {"model": f"{s.backbone}/{s.recipe}/{s.method}", "backbone": s.backbone, "recipe": s.recipe,
                 "method": s.method}
         if s.method == agg.PRETRAINED:
-            refs.append({**base, **{k: v for k, v in _fields(s.stats).items() if not k.endswith("_std")
-                                    and k in ("ood_robustness", "pretrain_acc", "corruption_acc", "mCE", "robust_acc")}})
+            refs.append({**base, **_fields(s.stats, reference=True)})
             continue
         entries.append({**base, **_fields(s.stats), "n_tasks": len(s.tasks), "n_seeds": len(s.seeds)})
     entries.sort(key=lambda e: (-e.get("ood_robustness", -math.inf), -e.get("clean_acc", -math.inf), e["model"]))
     return [{"rank": i, **e} for i, e in enumerate(entries, start=1)], refs
 
 
-def leaderboard(out_dir: str | Path) -> dict[str, Any]:
-    """The leaderboard document of the run in ``out_dir`` (what ``write_leaderboard`` saves)."""
-    run = load_run(out_dir)
+def leaderboard(source: RunSource) -> dict[str, Any]:
+    """The leaderboard document of a run (``RunData`` or folder; what ``write_leaderboard`` saves)."""
+    run = as_run(source)
     entries, refs = leaderboard_entries(run.rows)
     return {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
             "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": UNITS,
             "entries": entries, "pretrained": refs}
 
 
-MD_COLUMNS = [("rank", "rank"), ("model", "model"), ("clean_acc", "clean acc %"), ("ood_robustness", "R %"),
-              ("delta_R", "ΔR"), ("delta_P", "ΔP"), ("corruption_acc", "corr acc %"), ("robust_acc", "robust acc %"),
-              ("transfer_robust_acc", "transfer acc %"),
-              ("trainable_params", "trainable params"), ("n_tasks", "tasks"), ("n_seeds", "seeds")]
+def _cell(e: dict[str, Any], m: Metric) -> str:
+    v = e.get(m.board)
+    if v is None:
+        return MISSING
+    decimals = 0 if m.unit.grouped else m.unit.decimals + 1
+    text = format(v, f"{'+' if m.unit.signed else ''}{',' if m.unit.grouped else ''}.{decimals}f")
+    sd = e.get(f"{m.board}_std")
+    return f"{text} ± {sd:.{decimals}f}" if sd else text
 
 
 def leaderboard_markdown(doc: dict[str, Any]) -> str:
     """A Markdown table of the entries (columns without data left out) and a note on sorting."""
     entries = doc["entries"]
-    cols = [(k, h) for k, h in MD_COLUMNS if k in ("rank", "model") or any(k in e for e in entries)]
-
-    def cell(e: dict[str, Any], k: str) -> str:
-        v = e.get(k)
-        if v is None:
-            return "–"
-        if k in ("delta_R", "delta_P"):
-            text = f"{v:+.2f}"
-        elif k == "trainable_params":
-            text = f"{v:,}"
-        elif isinstance(v, float):
-            text = f"{v:.2f}"
-        else:
-            text = str(v)
-        sd = e.get(f"{k}_std")
-        return f"{text} ± {sd:.2f}" if sd else text
-
+    fields = [m for m in FIELDS if any(m.board in e for e in entries)]
+    headers = ["rank", "model", *(m.board_column for m in fields), *(h for _, h in COUNTS)]
     lines = [f"Leaderboard of `{doc['run']}` (suite `{doc['suite']}`): sorted by OOD robustness R, then clean "
              "(ID) accuracy; mean ± std over tasks and seeds; ΔR and ΔP in points against the pretrained model.", "",
-             "| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(e, k) for k, _ in cols) + " |" for e in entries]
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join([str(e["rank"]), e["model"], *(_cell(e, m) for m in fields),
+                                 *(str(e[k]) for k, _ in COUNTS)]) + " |" for e in entries]
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(out_dir: str | Path, json_path: str | Path | None = None,
+def write_leaderboard(source: RunSource, json_path: str | Path | None = None,
                       md_path: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``<out_dir>/leaderboard.json`` and ``leaderboard.md`` (or the given paths)."""
-    doc = leaderboard(out_dir)
-    jp = Path(json_path) if json_path is not None else Path(out_dir) / "leaderboard.json"
-    mp = Path(md_path) if md_path is not None else Path(out_dir) / "leaderboard.md"
+    run = as_run(source)
+    doc = leaderboard(run)
+    jp = Path(json_path) if json_path is not None else run.out_dir / "leaderboard.json"
+    mp = Path(md_path) if md_path is not None else run.out_dir / "leaderboard.md"
     jp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     mp.write_text(leaderboard_markdown(doc), encoding="utf-8")
     return jp, mp

@@ -24,6 +24,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from . import aggregate as agg
+from .catalogue import method_label, predictor_title
 from .prediction import correlation_text
 from .rundata import FIGURE_INDEX, FIGURES_DIR, RunData, load_run, read_figure_index
 
@@ -69,10 +70,6 @@ def method_colors(methods: list[str]) -> dict[str, str]:
     colors = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(others)}
     colors[agg.PRETRAINED] = "#000000"
     return colors
-
-
-def _label(method: str) -> str:
-    return "m0 (pretrained)" if method == agg.PRETRAINED else method
 
 
 def _style_for(method: str) -> dict:
@@ -170,7 +167,7 @@ def radar_figure(run: RunData, backbone: str, recipe: str, colors: dict[str, str
     for m, vals in values.items():
         v = np.array([_pct(x) for x in vals])
         closed_a, closed_v = np.append(angles, angles[0]), np.append(v, v[0])
-        ax.plot(closed_a, closed_v, color=colors.get(m, "#444444"), label=_label(m), marker="o", markersize=3,
+        ax.plot(closed_a, closed_v, color=colors.get(m, "#444444"), label=method_label(m), marker="o", markersize=3,
                 **_style_for(m))
         if m != agg.PRETRAINED:
             ax.fill(closed_a, np.nan_to_num(closed_v), color=colors.get(m, "#444444"), alpha=0.06)
@@ -196,7 +193,7 @@ def _curves_figure(curves: dict[str, dict[str, list]], colors: dict[str, str], m
         for m in [m for m in methods if m in curves[name]]:
             pts = curves[name][m]
             ax.plot([p[0] for p in pts], [_pct(p[1]) for p in pts], marker="o", markersize=3,
-                    color=colors.get(m, "#444444"), label=_label(m), **_style_for(m))
+                    color=colors.get(m, "#444444"), label=method_label(m), **_style_for(m))
         ax.set_title(panel_title.format(name))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -218,7 +215,7 @@ def predictor_figure(run: RunData, predictor: str, colors: dict[str, str]) -> tu
     pts = agg.predictor_points(run.rows, predictor)
     if not pts:
         return None
-    name = agg.PREDICTOR_NAMES.get(predictor, predictor)
+    name = predictor_title(predictor)
     fig = Figure(figsize=(8.2, 3.3), layout="constrained")
     axes = fig.subplots(1, 2)
     summary = []
@@ -273,7 +270,7 @@ def similarity_figure(curves: dict[str, dict[str, list[tuple[int, str, float]]]]
             pts = curves[sample][m]
             layers.update({p[0]: p[1] for p in pts})
             ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", markersize=3, color=colors.get(m, "#444444"),
-                    label=_label(m), **_style_for(m))
+                    label=method_label(m), **_style_for(m))
         ax.set_xticks(sorted(layers), [layers[i] for i in sorted(layers)], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{'task' if sample == 'task' else 'pretraining'} test images")
         ax.set_ylim(top=1.02)
@@ -286,70 +283,77 @@ def similarity_figure(curves: dict[str, dict[str, list[tuple[int, str, float]]]]
 
 
 # --- all of a run's figures -----------------------------------------------------------
+CAPTIONS = {
+    "inheritance": "Rows: the task each model was fine-tuned on (top row: m0). Columns: eval sets, corruption sets "
+                   "folded into one. Colour: change of accuracy from m0 in points (blue gained, red lost); outlined: "
+                   "the fine-tuning task itself.",
+    "radar": "Dashed black: m0. One polygon per method, mean over the tasks it was fine-tuned on; on a task's own axis "
+             "only models fine-tuned on other tasks count, so every axis is out-of-distribution.",
+    "corruptions": "Accuracy per corruption (panels) and severity (x), mean over fine-tuning tasks and seeds; dashed "
+                   "black: m0.",
+    "attacks": "Accuracy under each attack (panels) against its budget ε (x), mean over fine-tuning tasks and seeds; "
+               "dashed black: m0.",
+    "wise_ft": "ID accuracy (x) against OOD robustness R (y) of the weight-space mixture (1 − α)·m0 + α·fine-tuned, "
+               "one line per fine-tuning task, seeds averaged.",
+    "inside": "Linear CKA between m0 and each adapted model at every layer (x, input to head), on the fine-tuning "
+              "task's test images (left) and on pretraining test images (right), mean over tasks and seeds. A "
+              "method that keeps the representation stays near 1.",
+}
+TITLES = {"inheritance": "Inheritance matrices", "radar": "Accuracy per eval set",
+          "corruptions": "Corruption breakdown", "attacks": "Robust accuracy", "wise_ft": "WiSE-FT curves", "inside": "Layer-by-layer similarity with m0"}
+
+
+def _integer_x(fig: Figure | None) -> Figure | None:
+    for ax in fig.axes if fig is not None else []:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
 def build_plots(run: RunData) -> list[Plot]:
     """Every figure the run has data for, in report order; sections without data give none."""
     methods = agg.method_order(run.rows)
     colors = method_colors(methods)
     adapted = [m for m in methods if m != agg.PRETRAINED]
-    groups = agg.backbone_recipes(run.rows)
     plots: list[Plot] = []
     with rc_context(STYLE):
+        per_group = []  # (section, function of (backbone, recipe) -> figure or None)
         if run.layout:
-            for b, rc in groups:
-                fig = inheritance_figure(run, b, rc, adapted)
-                if fig is not None:
-                    plots.append(Plot(_slug("inheritance", b, rc), "inheritance", f"Inheritance matrices: {b} / {rc}",
-                                      "Rows: the task each model was fine-tuned on (top row: m0). Columns: eval sets, "
-                                      "corruption sets folded into one. Colour: change of accuracy from m0 in points "
-                                      "(blue gained, red lost); outlined: the fine-tuning task itself.", fig))
-            for b, rc in groups:
-                fig = radar_figure(run, b, rc, colors)
-                if fig is not None:
-                    plots.append(Plot(_slug("radar", b, rc), "radar", f"Accuracy per eval set: {b} / {rc}",
-                                      "Dashed black: m0. One polygon per method, mean over the tasks it was "
-                                      "fine-tuned on; on a task's own axis only models fine-tuned on other tasks "
-                                      "count, so every axis is out-of-distribution.", fig))
             corr = agg.corruption_curves(run.rows, run.layout)
-            for b, rc in groups:
-                fig = _curves_figure(corr.get((b, rc), {}), colors, methods, f"{b} / {rc}: accuracy under corruption",
-                                     "severity", "accuracy (%)", "{}")
-                if fig is not None:
-                    for ax in fig.axes:
-                        ax.xaxis.get_major_locator().set_params(integer=True)
-                    plots.append(Plot(_slug("corruptions", b, rc), "corruptions", f"Corruption breakdown: {b} / {rc}",
-                                      "Accuracy per corruption (panels) and severity (x), mean over fine-tuning tasks "
-                                      "and seeds; dashed black: m0.", fig))
+            per_group += [
+                ("inheritance", lambda b, rc: inheritance_figure(run, b, rc, adapted)),
+                ("radar", lambda b, rc: radar_figure(run, b, rc, colors)),
+                ("corruptions", lambda b, rc: _integer_x(_curves_figure(
+                    corr.get((b, rc), {}), colors, methods, f"{b} / {rc}: accuracy under corruption", "severity",
+                    "accuracy (%)", "{}"))),
+            ]
         attacks = agg.attack_curves(run.rows)
-        for b, rc in groups:
-            fig = _curves_figure(attacks.get((b, rc), {}), colors, methods, f"{b} / {rc}: robust accuracy under attack",
-                                 "ε (attack budget)", "robust accuracy (%)", "{}")
-            if fig is not None:
-                plots.append(Plot(_slug("attacks", b, rc), "attacks", f"Robust accuracy: {b} / {rc}",
-                                  "Accuracy under each attack (panels) against its budget ε (x), mean over "
-                                  "fine-tuning tasks and seeds; dashed black: m0.", fig))
+        per_group.append(("attacks", lambda b, rc: _curves_figure(
+            attacks.get((b, rc), {}), colors, methods, f"{b} / {rc}: robust accuracy under attack", "ε (attack budget)",
+            "robust accuracy (%)", "{}")))
+        for section, draw in per_group:
+            for b, rc in agg.backbone_recipes(run.rows):
+                fig = draw(b, rc)
+                if fig is not None:
+                    plots.append(Plot(_slug(section, b, rc), section, f"{TITLES[section]}: {b} / {rc}",
+                                      CAPTIONS[section], fig))
         for p in agg.predictors_present(run.rows):
             res = predictor_figure(run, p, colors)
             if res is not None:
                 fig, summary = res
-                name = agg.PREDICTOR_NAMES.get(p, p)
+                name = predictor_title(p)
                 plots.append(Plot(_slug("predictor", p), "predictors", f"ΔP and ΔR against {name}",
                                   f"One point per adapted model (backbone, recipe, method, task; seeds averaged), "
                                   f"x: {name} of the fine-tuning task. {summary}.", fig))
         wise = agg.wise_ft_curves(run.rows)
-        for b, rc in sorted(wise):
-            plots.append(Plot(_slug("wise-ft", b, rc), "wise_ft", f"WiSE-FT curves: {b} / {rc}",
-                              "ID accuracy (x) against OOD robustness R (y) of the weight-space mixture "
-                              "(1 − α)·m0 + α·fine-tuned, one line per fine-tuning task, seeds averaged.",
-                              wise_ft_figure(run, b, rc, wise[(b, rc)])))
         sim = agg.similarity_by_layer(run.rows)
-        for b, rc in sorted(sim):
-            fig = similarity_figure(sim[(b, rc)], colors, methods, f"{b} / {rc}: representation similarity with m0")
-            if fig is not None:
-                plots.append(Plot(_slug("inside", b, rc), "inside", f"Layer-by-layer similarity with m0: {b} / {rc}",
-                                  "Linear CKA between m0 and each adapted model at every layer (x, input to head), "
-                                  "on the fine-tuning task's test images (left) and on pretraining test images "
-                                  "(right), mean over tasks and seeds. A method that keeps the representation "
-                                  "stays near 1.", fig))
+        for section, figs in (("wise_ft", {k: wise_ft_figure(run, *k, wise[k]) for k in sorted(wise)}),
+                              ("inside", {k: similarity_figure(sim[k], colors, methods,
+                                                               f"{k[0]} / {k[1]}: representation similarity with m0")
+                                          for k in sorted(sim)})):
+            for (b, rc), fig in figs.items():
+                if fig is not None:
+                    plots.append(Plot(_slug(section, b, rc), section,
+                                      f"{TITLES[section]}: {b} / {rc}", CAPTIONS[section], fig))
     return plots
 
 

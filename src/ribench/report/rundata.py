@@ -1,10 +1,13 @@
-"""Everything a report reads from a run's folder, loaded once.
+"""Everything a report reads from a run's folder, loaded once: the one reader of the store.
 
 ``load_run(out_dir)`` opens ``<out_dir>/results.sqlite`` and returns a ``RunData``: the
 flat metric rows (``ResultsStore.metric_rows``), the spec and environment of the last
 `ribench run`, the suite layout (pretraining domain, tasks, eval sets, corruptions) and
-the cells with their status. ``fingerprint`` is a hash of every stored number, used to
-tell whether figures on disk were made from the numbers now in the store.
+the cells with their status, all read in one transaction (``ResultsStore.snapshot``).
+Every report function takes a ``RunData`` or a folder (``as_run``), so a caller that writes
+several reports of one run (``pipeline.write_reports``) loads the store once and hands the
+same ``RunData`` to each. ``fingerprint`` is a hash of every stored number, used to tell
+whether figures on disk were made from the numbers now in the store.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
-from .markdown import open_store
+from ..core.errors import DataError
+from ..engine.store import ResultsStore
 
 FIGURES_DIR = "figures"
 FIGURE_INDEX = "index.json"
+STORE_FILE = "results.sqlite"
 
 
 @dataclass
@@ -50,6 +55,9 @@ class RunData:
         return rows_fingerprint(self.all_rows)
 
 
+RunSource = Union[RunData, str, Path]  # what every report function accepts
+
+
 def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
     """SHA-256 (hex, 16 chars) of every (labels, eval_set, metric, value) row, order-independent."""
     keys = ("backbone", "recipe", "method", "task", "seed", "eval_set", "metric", "value")
@@ -57,17 +65,30 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def open_store(out_dir: str | Path) -> ResultsStore:
+    """The results store of the run in ``out_dir``; DataError when the folder has none."""
+    path = Path(out_dir) / STORE_FILE
+    if not path.is_file():
+        raise DataError(f"{out_dir} holds no results (no {path.name}); run `ribench run --out {out_dir}` first")
+    return ResultsStore(path)
+
+
 def load_run(out_dir: str | Path) -> RunData:
     """Load a run's numbers, spec, environment and cells. Raises DataError if none."""
     store = open_store(out_dir)
     try:
-        rows, run, cells = store.metric_rows(), store.last_run(), store.cells()
+        snap = store.snapshot()
     finally:
         store.close()
-    run = run or {}
+    run = snap["run"] or {}
     env = dict(run.get("env", {}))
     layout = env.pop("suite", None) or {}
-    return RunData(Path(out_dir), rows, run.get("spec", {}), env, layout, cells, run.get("started"))
+    return RunData(Path(out_dir), snap["rows"], run.get("spec", {}), env, layout, snap["cells"], run.get("started"))
+
+
+def as_run(source: RunSource) -> RunData:
+    """``source`` itself when it is a ``RunData``, else the run loaded from that folder."""
+    return source if isinstance(source, RunData) else load_run(source)
 
 
 def read_figure_index(out_dir: str | Path, check: bool = True, fingerprint: str | None = None) -> dict[str, Any]:

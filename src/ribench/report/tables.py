@@ -1,184 +1,144 @@
-"""Tables of results, built from the store's flat metric rows.
+"""The tables of a report, laid out once for report.md, report.html and the console.
+
+A ``Table`` holds ``Cell``s: a ``Cell`` is the text report.md prints (a ``str``), and also
+carries its parts (``main``: the mean as printed, ``spread``: its interval or standard
+deviation) and the number behind it (``value``: the mean in the shown unit, unrounded) for
+report.html, which prints ``main`` with ``spread`` below it and sorts by ``value``. So the
+two reports show the same text from one computation (``aggregate``); the units and
+decimals come from ``catalogue``.
 
 - ``summary_table``: one row per (backbone, recipe, method), mean and 95% t-interval over
-  (task, seed) runs of the protocol's numbers; the pretrained model m0 is the first row
-  of each (backbone, recipe) group.
-- ``inheritance_tables``: per (backbone, recipe, method), fine-tuning task (rows) by
-  eval set (columns): accuracy, and its change from m0. Corruption sets are folded into
-  one column, their mean accuracy.
+  (task, seed) runs of each summary metric (``catalogue.SUMMARY_METRICS``); the pretrained
+  model m0 is the first row of each (backbone, recipe) group;
+- ``inheritance_tables``: per (backbone, recipe, method), fine-tuning task (rows) by eval
+  set (columns): accuracy, and its change from m0; corruption sets folded into one column;
+- ``merged_table``, ``diagnostics_table``, ``failures_table``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import numpy as np
+from . import aggregate as agg
+from .catalogue import DIAGNOSTICS, MISSING, ONE_RUN, PERCENT, POINTS, SUMMARY_METRICS, Metric, Unit, method_label
 
-SUMMARY = "*"
-ANALYSIS = "analysis"  # rows of dataset distances and transferability scores, not of a model
-OPTIONAL_COLUMNS = {"robust_acc", "transfer_robust_acc"}  # shown only when some row has them
-SUMMARY_COLUMNS = [
-    ("id_acc", "ID acc"), ("R", "R"), ("dR", "ΔR"), ("P_acc", "P acc"), ("dP", "ΔP"),
-    ("corr_acc", "corr acc"), ("mCE", "mCE"), ("robust_acc", "robust acc"),
-    ("transfer_robust_acc", "transfer acc"), ("id_ece", "ECE"), ("id_nll", "NLL"),
-    ("trainable_params", "trainable"), ("train_seconds", "train s"),
-]
+INTERVAL, SD, NONE = "interval", "sd", "none"  # the spread a cell shows after its mean
+
+
+class Cell(str):
+    """A table cell: the text report.md shows (``main`` and, after a space, ``spread``),
+    with ``value``, the number behind it in the unit shown (None: a label or no value),
+    and ``sign`` (-1, 0, +1) of a change, which report.html colours."""
+
+    main: str
+    spread: str
+    value: float | None
+    sign: int
+
+    def __new__(cls, main: str, spread: str = "", value: float | None = None, sign: int = 0) -> Cell:
+        cell = super().__new__(cls, f"{main} {spread}" if spread else main)
+        cell.main, cell.spread, cell.value, cell.sign = main, spread, value, sign
+        return cell
 
 
 @dataclass
 class Table:
+    """``headers`` and ``rows`` (str or ``Cell``); the first ``label_columns`` are labels.
+    ``tooltips``: one per header ("" for none); ``row_classes``: one per row (report.html
+    marks the m0 rows); ``table_id``: its id in report.html."""
+
     title: str
     headers: list[str]
     rows: list[list[str]]
+    label_columns: int = 3
+    tooltips: list[str] = field(default_factory=list)
+    row_classes: list[str] = field(default_factory=list)
+    table_id: str = ""
+
+    def column_notes(self) -> list[tuple[str, str]]:
+        """(header, tooltip) of every non-label column with a tooltip: the reading guide of its columns."""
+        return [(h, t) for h, t in list(zip(self.headers, self.tooltips))[self.label_columns:] if t]
 
 
-def _fmt(values: list[float], metric: str, spread: bool = True) -> str:
-    if not values:
-        return "–"
-    m = float(np.mean(values))
-    if metric == "trainable_params":
-        return f"{m:,.0f}"
-    if metric == "train_seconds":
-        return f"{m:.1f}"
-    if metric in ("id_nll", "mCE", "rel_mCE"):
-        text = f"{m:.3f}"
-    elif metric in ("dR", "dP"):
-        text = f"{100 * m:+.1f}"
-    else:
-        text = f"{100 * m:.1f}"
-    if spread and len(values) > 1:
-        s = float(np.std(values, ddof=1))
-        text += f" ± {s:.3f}" if metric in ("id_nll", "mCE", "rel_mCE") else f" ± {100 * s:.1f}"
-    return text
-
-
-def _method_order(rows: Iterable[dict[str, Any]]) -> list[str]:
-    seen: list[str] = []
-    for r in rows:
-        if r["method"] not in seen:
-            seen.append(r["method"])
-    return sorted(seen, key=lambda m: (m != "pretrained", seen.index(m)))
-
-
-CONSOLE_COLUMNS = ("id_acc", "R", "dR", "P_acc", "dP", "corr_acc", "mCE", "id_ece")
-NO_INTERVAL = {"trainable_params", "train_seconds"}  # settings and costs, not results: means only
-ONE_RUN = "n/a: one run"
-INTERVAL_NOTE = ("Each cell: the mean over the row's (task, seed) runs and, in brackets, its 95% t-interval "
-                 "(mean ± t(0.975, n−1)·s/√n over those n runs, each run one unit); \"n/a: one run\" where the row "
-                 "has a single run (m0, or one task and one seed). Parameters and seconds: means only.")
-
-
-def _unit(metric: str):
-    """The formatter of one value of ``metric``: %, signed points (ΔR, ΔP) or a ratio."""
-    if metric in ("id_nll", "mCE", "rel_mCE"):
-        return lambda v: f"{v:.3f}"
-    if metric in ("dR", "dP"):
-        return lambda v: f"{100 * v:+.1f}"
-    return lambda v: f"{100 * v:.1f}"
-
-
-def format_stat(stat, metric: str, interval: bool = True) -> str:
-    """A summary cell from an ``aggregate.Stat``: the mean in the metric's unit and, with
-    ``interval``, its 95% t-interval in brackets ("n/a: one run" for a single run).
-    Parameters and seconds (``NO_INTERVAL``): the mean only."""
+def stat_cell(stat: agg.Stat | None, unit: Unit, spread: str = INTERVAL) -> Cell:
+    """A cell of a ``Stat`` in ``unit``: its mean, then by ``spread`` its 95% t-interval in
+    brackets ("(n/a: one run)" for a single value), ``± sd`` (more than one value) or nothing."""
     if stat is None or stat.n == 0:
-        return "–"
-    if metric == "trainable_params":
-        return f"{stat.mean:,.0f}"
-    if metric == "train_seconds":
-        return f"{stat.mean:.1f}"
-    fmt = _unit(metric)
-    text = fmt(stat.mean)
-    if interval:
+        return Cell(MISSING)
+    mean = stat.mean
+    shown_zero = unit.text(mean).lstrip("+-") == unit.text(0.0).lstrip("+-")
+    sign = 0 if not unit.signed or shown_zero else (1 if mean > 0 else -1)
+    value = unit.shown(mean) if math.isfinite(mean) else None
+    text = ""
+    if spread == INTERVAL:
         if stat.n < 2:
-            text += f" ({ONE_RUN})"
-        elif np.isfinite(stat.lo) and np.isfinite(stat.hi):
-            text += f" [{fmt(stat.lo)}, {fmt(stat.hi)}]"
-    return text
+            text = f"({ONE_RUN})"
+        elif math.isfinite(stat.lo) and math.isfinite(stat.hi):
+            text = f"[{unit.text(stat.lo)}, {unit.text(stat.hi)}]"
+    elif spread == SD and stat.n > 1 and math.isfinite(stat.std):
+        text = f"± {unit.spread(stat.std)}"
+    return Cell(unit.text(mean), text, value, sign)
+
+
+def shown_metrics(summaries: Iterable[agg.MethodSummary], compact: bool = False) -> list[Metric]:
+    """The summary's metric columns: the protocol's own (``always``) and every other with a
+    value in some row; ``compact``: the console's (``console``) among them."""
+    present = {m for s in summaries for m, st in s.stats.items() if st.n}
+    return [m for m in SUMMARY_METRICS if (m.always or m.name in present) and (not compact or m.console)]
 
 
 def summary_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
-    """One row per (backbone, recipe, method) (``aggregate.summarize_methods``, as the HTML
-    report): the mean and 95% t-interval of each summary metric over tasks and seeds.
+    """One row per (backbone, recipe, method) (``aggregate.summarize_methods``): how many
+    tasks and seeds, then the mean and 95% t-interval of each summary metric over them.
     ``compact``: the console's version, means only and fewer columns."""
-    from .aggregate import summarize_methods
-
-    summaries = summarize_methods(rows)
-    present = {m for s in summaries for m in s.stats}
-    cols = [(m, h) for m, h in SUMMARY_COLUMNS
-            if (not compact or m in CONSOLE_COLUMNS) and (m not in OPTIONAL_COLUMNS or m in present)]
-    headers = ["backbone", "recipe", "method"] + [h for _, h in cols]
-    body = [[s.backbone, s.recipe, s.method, *(format_stat(s.stats.get(m), m, interval=not compact) for m, _ in cols)]
-            for s in summaries]
+    summaries = agg.summarize_methods(rows)
+    metrics = shown_metrics(summaries, compact)
+    counts = [] if compact else [("tasks", "how many fine-tuning tasks the row averages"),
+                                 ("seeds", "how many fine-tuning seeds the row averages")]
+    headers = ["backbone", "recipe", "method", *(h for h, _ in counts), *(m.header for m in metrics)]
+    tooltips = ["backbone architecture", "pretraining recipe of m0", "adaptation method", *(t for _, t in counts),
+                *(m.guide for m in metrics)]
+    body = []
+    for s in summaries:
+        cells = [s.backbone, s.recipe, method_label(s.method)]
+        if not compact:
+            cells += [Cell(str(len(v)), value=len(v)) if v else Cell(MISSING) for v in (s.tasks, s.seeds)]
+        spread = NONE if compact else INTERVAL
+        cells += [stat_cell(s.stats.get(m.name), m.unit, spread if m.interval else NONE) for m in metrics]
+        body.append(cells)
     what = "mean over tasks and seeds" if compact else "mean [95% t-interval] over (task, seed) runs"
-    return Table(f"Summary (accuracies in %, {what})", headers, body)
+    return Table(f"Summary (accuracies in %, {what})", headers, body, tooltips=tooltips, table_id="summary-table",
+                 row_classes=["m0" if s.method == agg.PRETRAINED else "" for s in summaries])
 
 
 def inheritance_tables(rows: list[dict[str, Any]], layout: dict[str, Any]) -> list[Table]:
-    corr = set(layout.get("corruptions", {}))
-    columns = [layout["pretrain"], *layout["tasks"], *[e for e in layout.get("eval_sets", []) if e not in corr]]
-    if corr:
-        columns.append("corruptions")
-
-    def column(es: str) -> str | None:
-        return "corruptions" if es in corr else (es if es in columns else None)
-
-    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in rows:
-        col = column(r["eval_set"])
-        if r["metric"] == "accuracy" and col is not None and r["value"] is not None:
-            acc[(r["backbone"], r["recipe"], r["method"], r["task"])][col].append(r["value"])
+    """Per adapted (backbone, recipe, method): m0 and each fine-tuning task (rows) by eval set
+    (columns, ``aggregate.layout_columns``): accuracy % and, in brackets, the change from m0
+    in points; ``*`` marks the fine-tuning task's own column."""
     out = []
-    order = _method_order(rows)
-    for b, rc in sorted({(k[0], k[1]) for k in acc}):
-        base = acc.get((b, rc, "pretrained", None), {})
-        base_mean = {c: float(np.mean(v)) for c, v in base.items()}
-        for m in order:
-            if m == "pretrained":
+    for b, rc in agg.backbone_recipes(rows):
+        for m in agg.method_order(rows):
+            res = None if m == agg.PRETRAINED else agg.inheritance_matrix(rows, layout, b, rc, m)
+            if res is None:
                 continue
-            tasks = [t for t in layout["tasks"] if (b, rc, m, t) in acc]
-            if not tasks:
-                continue
-            body = [["m0 (pretrained)", *(f"{100 * base_mean[c]:.1f}" if c in base_mean else "–" for c in columns)]]
-            for t in tasks:
-                cells = []
-                for c in columns:
-                    v = acc[(b, rc, m, t)].get(c)
-                    if not v:
-                        cells.append("–")
-                        continue
-                    a = float(np.mean(v))
-                    d = f" ({100 * (a - base_mean[c]):+.1f})" if c in base_mean else ""
-                    mark = "*" if c == t else ""
-                    cells.append(f"{mark}{100 * a:.1f}{d}")
-                body.append([t, *cells])
+            tasks, columns, acc, base = res
+            body = [[method_label(agg.PRETRAINED), *(_accuracy_cell(v) for v in base)]]
+            for t, row in zip(tasks, acc):
+                body.append([t, *(_accuracy_cell(a, a0, c == t) for c, a, a0 in zip(columns, row, base))])
             out.append(Table(f"{b} / {rc} / {m}: fine-tuned on (rows) → evaluated on (columns)",
-                             ["fine-tuned on", *columns], body))
+                             ["fine-tuned on", *columns], body, label_columns=1))
     return out
 
 
-def diagnostics_table(rows: list[dict[str, Any]]) -> Table | None:
-    """What changed inside the models (diagnose cells), means ± sd over tasks and seeds."""
-    from .aggregate import DIAG_COLUMNS, diagnostic_summaries
-
-    summaries = diagnostic_summaries(rows)
-    if not summaries:
-        return None
-    present = {m for stats in summaries.values() for m in stats}
-    cols = [c for c in DIAG_COLUMNS if c[0] in present]
-    out = []
-    for (b, rc, m), stats in summaries.items():
-        cells = [str(b), str(rc), str(m)]
-        for metric, *_ in cols:
-            st = stats.get(metric)
-            cells.append("–" if st is None or st.n == 0 else f"{st.mean:.3f}" + (f" ± {st.std:.3f}" if st.n > 1 else ""))
-        out.append(cells)
-    return Table("What changed inside the models (vs m0)", ["backbone", "recipe", "method", *(c[1] for c in cols)], out)
-
-
-MERGED = "merged"  # task label of a model merged over the run's tasks
+def _accuracy_cell(acc: float, base: float = math.nan, own: bool = False) -> Cell:
+    """Accuracy % (``*`` before the fine-tuning task's own) and, with a finite ``base``,
+    its change from m0 in brackets."""
+    if not math.isfinite(acc):
+        return Cell(MISSING)
+    change = f"({POINTS.text(acc - base)})" if math.isfinite(base) else ""
+    return Cell(("*" if own else "") + PERCENT.text(acc), change, PERCENT.shown(acc))
 
 
 def merged_table(rows: list[dict[str, Any]]) -> Table | None:
@@ -186,25 +146,28 @@ def merged_table(rows: list[dict[str, Any]]) -> Table | None:
     per task, accuracy of the merged model / accuracy of the fine-tuned model of that task
     (``norm_acc``, %), then the mean over tasks and the mean absolute accuracy; mean ± std
     over seeds. None when the run has no merged model."""
-    vals: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    tasks: list[str] = []
-    for r in rows:
-        if r["task"] != MERGED or r["value"] is None:
-            continue
-        k = (r["backbone"], r["recipe"], r["method"])
-        if r["metric"] == "norm_acc" and r["eval_set"] != SUMMARY:
-            vals[k][r["eval_set"]].append(r["value"])
-            if r["eval_set"] not in tasks:
-                tasks.append(r["eval_set"])
-        elif r["eval_set"] == SUMMARY and r["metric"] in ("norm_acc", "task_acc"):
-            vals[k][f"*{r['metric']}"].append(r["value"])
-    if not vals:
+    tasks, merged = agg.merged_summaries(rows)
+    if not merged:
         return None
-    tasks.sort()
-    body = [[*k, *(_fmt(v.get(t, []), "norm_acc") for t in tasks), _fmt(v.get("*norm_acc", []), "norm_acc"),
-             _fmt(v.get("*task_acc", []), "task_acc")] for k, v in sorted(vals.items())]
+    body = [[s.backbone, s.recipe, s.method, *(stat_cell(s.per_task.get(t), PERCENT, SD) for t in tasks),
+             stat_cell(s.norm_acc, PERCENT, SD), stat_cell(s.task_acc, PERCENT, SD)] for s in merged]
     return Table("Merged models: accuracy normalised by the individually fine-tuned models (%, mean ± std over seeds)",
-                 ["backbone", "recipe", "method", *tasks, "mean normalised", "mean accuracy"], body)
+                 ["backbone", "recipe", "method", *tasks, "mean normalised", "mean accuracy"], body,
+                 table_id="merged-table")
+
+
+def diagnostics_table(rows: list[dict[str, Any]]) -> Table | None:
+    """What changed inside the models (diagnose cells, ``catalogue.DIAGNOSTICS`` with data),
+    means ± sd over tasks and seeds."""
+    summaries = agg.diagnostic_summaries(rows)
+    if not summaries:
+        return None
+    present = {m for stats in summaries.values() for m in stats}
+    metrics = [m for m in DIAGNOSTICS if m.name in present]
+    body = [[str(b), str(rc), str(m), *(stat_cell(stats.get(d.name), d.unit, SD) for d in metrics)]
+            for (b, rc, m), stats in summaries.items()]
+    return Table("What changed inside the models (vs m0)",
+                 ["backbone", "recipe", "method", *(d.header for d in metrics)], body, tooltips=["", "", "", *(d.guide for d in metrics)], table_id="diagnostics-table")
 
 
 def backbone_names(spec: dict) -> list[str]:
@@ -212,9 +175,14 @@ def backbone_names(spec: dict) -> list[str]:
     return [b.get("name", "?") if isinstance(b, dict) else str(b) for b in spec.get("backbones") or []]
 
 
+def cell_label(cell: dict[str, Any]) -> str:
+    """A stored cell's labels joined: ``mlp/narrow/ft/t1/0``."""
+    return "/".join(str(v) for v in cell["labels"].values() if v is not None)
+
+
 def failures_table(cells: list[dict[str, Any]]) -> Table | None:
     failed = [c for c in cells if c["status"] == "failed"]
     if not failed:
         return None
-    body = [[c["kind"], "/".join(str(v) for v in c["labels"].values() if v is not None), c["error"] or ""] for c in failed]
-    return Table("Failed cells", ["kind", "cell", "error"], body)
+    body = [[c["kind"], cell_label(c), c["error"] or ""] for c in failed]
+    return Table("Failed cells", ["kind", "cell", "error"], body, label_columns=3)
