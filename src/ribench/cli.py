@@ -46,9 +46,9 @@ def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
     if not a.quiet:
         print(f"ribench: running {spec.name!r} into {out} ({opts.runner} runner)", file=sys.stderr)
     res = run(spec, out, options=opts)
-    html, report = _write_reports(out)
+    html, report, results = _write_reports(out)
     if not a.quiet:
-        print_summary(out)
+        print_summary(results)
     print(f"{res.total} cells: {res.ran} ran, {res.cached} already done, {len(res.failed)} failed, "
           f"{res.skipped} skipped in {res.seconds:.1f} s" + (f" ({res.retried} retries)" if res.retried else ""))
     for cell, err in res.failed:
@@ -57,12 +57,10 @@ def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
     return 0 if res.ok else 1
 
 
-def _write_reports(out: Path) -> tuple[Path, Path]:
-    from .report import write_report
-    from .report.html import write_html_report
+def _write_reports(out: Path):
+    from .report import write_reports
 
-    html = write_html_report(out)  # draws the figures report.md links to
-    return html, write_report(out)
+    return write_reports(out)  # report.html, report.md and the run they were made from: one read of the store
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
@@ -197,7 +195,7 @@ def _cmd_results(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    html, md = _write_reports(Path(a.dir))
+    html, md, _ = _write_reports(Path(a.dir))
     print(f"report: {html} (Markdown: {md})")
     return 0
 
