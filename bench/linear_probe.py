@@ -26,7 +26,7 @@ import torch
 
 from ribench.core import Split
 from ribench.core.registry import METHODS
-from ribench.data.digits import load_mnist
+from ribench.data.suites.digits import load_mnist
 from ribench.methods import AdaptContext
 from ribench.methods.heads import train_only
 from ribench.models import create_model

@@ -440,7 +440,7 @@ def test_otdd_under_otdd_conventions_equals_its_halved_cost_sinkhorn_divergence(
 
 def _digits_pair(per_class):
     from ribench.analysis import subsample_per_class
-    from ribench.data.digits import load_mnist, load_uci
+    from ribench.data.suites.digits import load_mnist, load_uci
 
     m, u = load_mnist(), load_uci()
     x1, y1 = subsample_per_class(m.images, m.labels, per_class, seed=0)

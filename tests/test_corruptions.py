@@ -79,7 +79,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
     """64 real MNIST test digits, uint8 [64, 1, 28, 28]."""
-    from ribench.data.digits import load_mnist
+    from ribench.data.suites.digits import load_mnist
 
     return load_mnist().images[:64].clone()
 

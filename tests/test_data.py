@@ -17,7 +17,7 @@ import torch
 
 from ribench.core import CORRUPTIONS, SUITES, ConfigError, DataError, UnknownNameError
 from ribench.data import build_suite, corrupt, save_domain_grid
-from ribench.data import digits as digits_mod
+from ribench.data.suites import digits as digits_mod
 from ribench.data.cache import cache_root, data_cache_dir, load_tensors, save_tensors
 from ribench.data.corruptions import BLUR_SIGMAS_32PX, CONTRAST_FACTORS, NOISE_SIGMAS, ROTATE_DEGREES
 from ribench.data.render import ALL_FONTS, TASK_FONTS, glyph_atlas, render_digits

@@ -16,11 +16,14 @@ import pytest
 import torch
 
 from ribench.core import CORRUPTIONS, ConfigError, DataError
-from ribench.data import build_suite, digits, digits_v2, save_domain_grid, shifts
+from ribench.data import build_suite, save_domain_grid
 from ribench.data.cache import data_cache_dir
-from ribench.data.hard import hardness, select_hard
 from ribench.data.render import ALL_FONTS, render_digits
 from ribench.data.show import grid_rows
+from ribench.data.suites import digits
+from ribench.data.suites.digits import shifts
+from ribench.data.suites.digits import v2 as digits_v2
+from ribench.data.suites.digits.hard import hardness, select_hard
 
 CACHE = str(data_cache_dir())  # fixed at import: the tests' .ribench-cache (conftest)
 V2 = {"version": 2}

@@ -1,4 +1,5 @@
-"""Domains and suites: the built-in ``digits`` suite, corruptions, the data cache.
+"""Domains and suites: the built-in suites (``suites/``: ``digits``, the real-data suites,
+user suites), corruptions, the data cache.
 
 Importing this package registers the built-in suites and corruptions.
 ``build_suite(name, seed, cache_dir)`` returns a ``Suite`` whose images are uint8
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from ..core.registry import SUITES
 from ..core.types import Suite
-from . import corruptions, digits, suites  # noqa: F401  (registers the suites and the corruptions)
+from . import corruptions, suites  # noqa: F401  (registers the suites and the corruptions)
 from .corruptions import corrupt
 from .show import save_domain_grid
 

