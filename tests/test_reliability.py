@@ -143,7 +143,7 @@ class _BreakingPool:
 def test_unattributed_deaths_requeue_uncharged_then_fail_after_the_cap(tmp_path, monkeypatch):
     made = []
 
-    def executor(opts, ctx):
+    def executor(opts, ctx, suite):
         made.append(_BreakingPool(ctx, "ft"))
         return made[-1]
 
@@ -175,7 +175,7 @@ class _IdleDeathPool(_BreakingPool):
 
 def test_a_worker_death_between_cells_costs_nothing(tmp_path, monkeypatch):
     made = []
-    monkeypatch.setattr(runner_mod, "_executor", lambda opts, ctx: made.append(_IdleDeathPool(ctx, "")) or made[-1])
+    monkeypatch.setattr(runner_mod, "_executor", lambda opts, ctx, suite: made.append(_IdleDeathPool(ctx, "")) or made[-1])
     res = run(parse_spec(SMALL), tmp_path, options=RunOptions(runner="pool", quiet=True))
     assert res.ok and res.ran == 4 and res.retried == 0 and made[0].recoveries == 1
     requeued = [e for e in events(tmp_path) if e["event"] == "requeued"]
@@ -464,7 +464,7 @@ def test_local_ray_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(short))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     _reset_ray_auth_cache()
-    ctx = WorkerContext(parse_spec(SMALL).model_dump(), str(tmp_path), "cpu")
+    ctx = WorkerContext(parse_spec(SMALL), str(tmp_path), "cpu")
     ex = RayExecutor(ctx, None, workers=1)
     try:
         procs = [psutil.Process()] + psutil.Process().children(recursive=True)

@@ -11,6 +11,7 @@ method/task labels that carry meaning are built and parsed only here:
 - ``curve(alpha)`` -> ``"curve/alpha=<a>"``: a point of an interpolation curve (WiSE-FT);
 - ``attack(name, eps, task)`` -> ``"attack/<name>/eps=<eps>[/<task>]"`` and
   ``transfer(name, eps)`` -> ``"transfer/<name>/eps=<eps>"`` (crafted on m0);
+- ``masking(name, task)`` -> ``"masking/<name>[/<task>]"``: gradient-masking warnings of an attack;
 - ``diag(measure, sample)`` -> ``"diag/<measure>/<sample>"``, ``DIAG_SUMMARY``,
   ``DIAG_LAYERS``: per-model diagnostics.
 
@@ -31,6 +32,7 @@ MERGED = "merged"
 CURVE_PREFIX = "curve/alpha="
 ATTACK_PREFIX = "attack/"
 TRANSFER_PREFIX = "transfer/"
+MASKING_PREFIX = "masking/"
 DIAG_PREFIX = "diag/"
 DIAG_SUMMARY = "diag/summary"
 DIAG_LAYERS = "diag/layers"
@@ -59,6 +61,11 @@ def attack(name: str, eps: float, task: str | None = None) -> str:
 def transfer(name: str, eps: float) -> str:
     """``transfer("pgd_linf", 0.1)`` -> ``"transfer/pgd_linf/eps=0.1"`` (examples crafted on m0)."""
     return f"{TRANSFER_PREFIX}{name}/eps={eps:g}"
+
+
+def masking(name: str, task: str | None = None) -> str:
+    """``masking("pgd_linf")`` -> ``"masking/pgd_linf"``: the gradient-masking checks of an attack; m0's add ``/<task>``."""
+    return f"{MASKING_PREFIX}{name}" + (f"/{task}" if task else "")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 tasks on a cluster (ray). Every executor runs the same function, ``execute_cell``, and
 returns ``concurrent.futures.Future`` objects holding an ``Outcome``; the driver alone
 writes the results store. Artifacts move by key through the shared artifact folder.
+Each process holds one Workspace (``workspace``): the serial executor's is made from the
+suite the driver built; a worker builds its own once, with ``execute.build_run_suite``.
 
 Pool workers die with their driver (Linux: ``PR_SET_PDEATHSIG``; elsewhere a thread that
 watches the parent pid). Each pool worker names the cell it is running in a marker file
@@ -11,6 +13,9 @@ was running in it (``PoolExecutor.recover``).
 
 from __future__ import annotations
 
+import ctypes
+import importlib
+import multiprocessing as mp
 import os
 import signal
 import socket
@@ -22,13 +27,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import multiprocessing as mp
-
-from .artifacts import pid_alive
-from .execute import CellResult, Deps
+from ..core.errors import ConfigError
+from ..core.runtime import resolve_device
+from ..core.types import Suite
+from .artifacts import ArtifactStore, pid_alive
+from .execute import CellResult, Deps, Workspace, build_run_suite
 from .plan import Cell
+from .spec import RunSpec
 
 Progress = Callable[[float, str], None]
 
@@ -37,7 +44,7 @@ Progress = Callable[[float, str], None]
 class WorkerContext:
     """What a worker needs to rebuild the run's Workspace (all picklable)."""
 
-    spec: dict[str, Any]
+    spec: RunSpec
     out_dir: str
     device: str
 
@@ -66,44 +73,35 @@ class WorkerDeath:
     attributed: bool = False
 
 
-_WORKSPACES: dict[tuple[str, str], Any] = {}
+_CURRENT: list[tuple[WorkerContext, Workspace]] = []  # this process's Workspace, with the context it was made for
 
 
-def _workspace(ctx: WorkerContext):
-    import json
-
-    from ..core.runtime import resolve_device
-    from ..data import build_suite
-    from .artifacts import ArtifactStore
-    from .execute import Workspace
-    from .spec import parse_spec
-
-    key = (ctx.out_dir, json.dumps(ctx.spec, sort_keys=True) + ctx.device)
-    if key not in _WORKSPACES:
-        spec = parse_spec(ctx.spec)
-        suite = build_suite(spec.suite, seed=spec.data_seed, data_root=spec.data_root, suite_file=spec.suite_file,
-                            options=spec.suite_options)
-        _WORKSPACES.clear()
-        _WORKSPACES[key] = Workspace(spec, suite, ArtifactStore(os.path.join(ctx.out_dir, "artifacts")),
-                                     resolve_device(ctx.device))
-    return _WORKSPACES[key]
+def workspace(ctx: WorkerContext, suite: Suite | None = None) -> Workspace:
+    """This process's Workspace for ``ctx``, made once (``suite``: one already built, else built here)."""
+    if not _CURRENT or _CURRENT[0][0] != ctx:
+        _CURRENT.clear()
+        ws = Workspace(ctx.spec, suite if suite is not None else build_run_suite(ctx.spec),
+                       ArtifactStore(os.path.join(ctx.out_dir, "artifacts")), resolve_device(ctx.device))
+        _CURRENT.append((ctx, ws))
+    return _CURRENT[0][1]
 
 
 def _warm_up(ctx: WorkerContext) -> None:
-    _workspace(ctx)
+    workspace(ctx)
     time.sleep(0.2)  # hold this worker a moment so the next warm-up lands on another one
 
 
-def execute_cell(ctx: WorkerContext, cell: Cell, deps: Deps, progress: Progress | None = None) -> Outcome:
+def execute_cell(ctx: WorkerContext, cell: Cell, deps: Deps, progress: Progress | None = None,
+                 suite: Suite | None = None) -> Outcome:
     """Run one cell; never raises for a failing cell (its error comes back in the Outcome).
 
     The artifact of a cell that makes one is sealed (size and SHA-256 recorded) before the
-    cell counts as finished.
+    cell counts as finished. ``suite``: the run's, when this process has it already.
     """
     worker = f"{socket.gethostname()}:{os.getpid()}"
     t0 = time.perf_counter()
     try:
-        ws = _workspace(ctx)
+        ws = workspace(ctx, suite)
         res = ws.run_cell(cell, deps, progress or (lambda f, m: None))  # under the spec's `threads`
         if cell.produces_artifact:
             ws.artifacts.seal(cell.key)
@@ -118,21 +116,22 @@ def execute_cell(ctx: WorkerContext, cell: Cell, deps: Deps, progress: Progress 
 
 
 class SerialExecutor:
-    """Runs each cell at submission, in the driver process (progress bars per cell)."""
+    """Runs each cell at submission, in the driver process (progress bars per cell), over the
+    driver's ``suite`` when it is given."""
 
     name = "serial"
     slots = 1
 
-    def __init__(self, ctx: WorkerContext):
-        self.ctx = ctx
+    def __init__(self, ctx: WorkerContext, suite: Suite | None = None):
+        self.ctx, self.suite = ctx, suite
 
     def submit(self, cell: Cell, deps: Deps, progress: Progress | None = None) -> Future:
         fut: Future = Future()
-        fut.set_result(execute_cell(self.ctx, cell, deps, progress))
+        fut.set_result(execute_cell(self.ctx, cell, deps, progress, self.suite))
         return fut
 
     def close(self) -> None:
-        _WORKSPACES.clear()
+        _CURRENT.clear()
 
 
 # --- pool workers ---------------------------------------------------------------
@@ -147,8 +146,6 @@ def _marker_name(pid: int) -> str:
 def _die_with_parent(parent: int) -> None:
     """End this process when ``parent`` (the driver) dies, even by SIGKILL."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         with suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # it died before the line above took effect
@@ -320,10 +317,6 @@ def _loopback_cluster(ray, workers: int) -> None:
     when multi-node clusters are off (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, read once
     when Ray is imported), so that switch is set for the start of the cluster.
     """
-    import importlib
-
-    from ..core.errors import ConfigError
-
     constants = importlib.import_module("ray._private.ray_constants")
     var = getattr(constants, "ENABLE_RAY_CLUSTERS_ENV_VAR", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
     before_env, before = os.environ.get(var), getattr(constants, "ENABLE_RAY_CLUSTER", None)
@@ -357,8 +350,6 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, ctx: WorkerContext, address: str | None, workers: int, gpus_per_cell: float = 0.0):
-        from ..core.errors import ConfigError
-
         try:
             import ray
         except ImportError:

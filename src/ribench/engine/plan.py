@@ -20,6 +20,21 @@ corruption's (``CORRUPTIONS.version``), the version of every estimator an analys
 computes (and which ones: the resolved list, so a newly registered estimator runs) and
 of every attack an evaluate cell runs. Bump a component's version when its numbers
 change and exactly the cells that use it are recomputed.
+
+A cell names its inputs by role (``Cell.inputs``: role -> key, or a tuple of keys for
+a role with several); ``deps`` is the same keys in the order the key hashes them, the
+roles in this order:
+
+- ``eval_pretrained``: ``model`` (pretrain), ``corruptions`` (corrupt cells);
+- ``adapt``: ``pretrained``, then ``requires`` (adapt cells of ``Method.requires``, in
+  that order) or, for a method that combines models, ``ingredients`` (adapt cells, in the
+  order of ``config["ingredients"]``);
+- ``evaluate``: ``model`` (adapt), ``pretrained_eval`` (eval_pretrained), ``pretrained``,
+  ``corruptions``, then ``extra`` (adapt cells of ``config["extra"]["inputs"]``) or
+  ``task_refs`` (evaluate cells of ``config["reference"]["tasks"]``);
+- ``analysis``: ``pretrained``;
+- ``diagnose``: ``pretrained``, then ``model`` (scope ``model``) or ``models`` (scope
+  ``tasks``, one per ``config["tasks"]``).
 """
 
 from __future__ import annotations
@@ -27,10 +42,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
-from ..core.errors import ConfigError
-from ..core.registry import METHODS, MODELS
+from ..analysis.transferability import list_estimators
+from ..core import rows
+from ..core.errors import ConfigError, RibenchError, UnknownNameError
+from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS
+from ..evaluate.attacks import check_attack
+from ..methods.base import Method
+from ..models import external
 from ..models.pretrain import get_recipe
 from .spec import RunSpec
 
@@ -48,9 +68,6 @@ def _versioned(base: str, component: str) -> str:
 
 def estimator_versions(spec: RunSpec) -> dict[str, str]:
     """The analysis section's estimators, resolved (``"all"``: every registered one) -> version."""
-    from ..analysis.transferability import list_estimators
-    from ..core.registry import ESTIMATORS
-
     names = list_estimators() if spec.analysis.estimators == "all" else list(spec.analysis.estimators)
     out = {}
     for n in names:
@@ -62,30 +79,27 @@ def estimator_versions(spec: RunSpec) -> dict[str, str]:
 
 
 def attack_configs(spec: RunSpec) -> list[dict[str, Any]]:
-    """The spec's attacks as evaluate-cell config: names checked, code versions folded in."""
-    from ..core.errors import RibenchError
-    from ..evaluate.attacks import get_attack
-    from ..evaluate.attacks.api import _resolve
-
+    """The spec's attacks as evaluate-cell config: names, radii and budgets checked now (not when
+    a cell runs), code versions folded in."""
     out = []
     for i, a in enumerate(spec.attacks):
         try:
-            version = get_attack(a.name).version
+            version = check_attack(a.name, a.eps, a.params)
+        except ConfigError as e:
+            raise ConfigError(f"attacks[{i}].params", str(e)) from None
         except RibenchError as e:  # UnknownNameError: lists the registered attacks
             raise ConfigError(f"attacks[{i}].name", str(e)) from None
-        for eps in a.eps:  # budgets and radii checked now, not when the cell runs
-            try:
-                _resolve(a.name, eps, a.params, None)
-            except ConfigError as e:
-                raise ConfigError(f"attacks[{i}].params", str(e)) from None
         out.append({**a.model_dump(), **({"version": version} if version != "1" else {})})
     return out
 
 
+def corruption_set(corruption: str, severity: int | str) -> str:
+    """The eval-set name of an engine-made corruption set: ``<corruption>/<severity>``."""
+    return f"{corruption}/{severity}"
+
+
 def corruption_cells(spec: RunSpec, suite_id: dict[str, Any]) -> list[Cell]:
     """One cell per (corruption, severity) of the spec's ``corruptions`` section."""
-    from ..core.registry import CORRUPTIONS
-
     c = spec.corruptions
     if c is None:
         return []
@@ -96,18 +110,52 @@ def corruption_cells(spec: RunSpec, suite_id: dict[str, Any]) -> list[Cell]:
             raise ConfigError("corruptions.names", f"{n!r} matches no registered corruption")
         names += [x for x in found if x not in names]
     return [Cell("corrupt", {"suite": suite_id, "domain": c.domain, "corruption": n, "severity": s, "seed": c.seed,
-                             "subset": c.subset}, (), {"method": "corrupt", "task": f"{n}/{s}"},
+                             "subset": c.subset}, (), {"method": "corrupt", "task": corruption_set(n, s)},
                  version=_versioned(CORRUPT_VERSION, CORRUPTIONS.version(n)))
             for n in names for s in c.severities]
 
 
+Inputs = Mapping[str, "str | tuple[str, ...]"]  # role -> key of one input, or keys of several
+
+
+def _in_order(inputs: Inputs) -> tuple[str, ...]:
+    """The keys of named inputs in role order: a cell's ``deps``."""
+    return tuple(k for v in inputs.values() for k in ((v,) if isinstance(v, str) else v))
+
+
 @dataclass(frozen=True)
 class Cell:
+    """One unit of work of a run. ``deps``: the keys of its inputs, in the order its key hashes
+    them; ``inputs``: the same keys by role (module docstring), outside the key."""
+
     kind: str
     config: dict[str, Any]
     deps: tuple[str, ...]
     labels: dict[str, Any] = field(compare=False)
     version: str = "1"
+    inputs: Inputs = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.inputs and _in_order(self.inputs) != tuple(self.deps):
+            raise ValueError(f"{self.kind} cell: its named inputs {dict(self.inputs)} are not its deps {self.deps}")
+
+    @classmethod
+    def of(cls, kind: str, config: dict[str, Any], inputs: Inputs, labels: dict[str, Any], version: str = "1"
+           ) -> "Cell":
+        """A cell whose deps are its named ``inputs``, in their order."""
+        return cls(kind, config, _in_order(inputs), labels, version, dict(inputs))
+
+    def input(self, role: str) -> str:
+        """The key of the one input named ``role``."""
+        key = self.inputs.get(role)
+        if not isinstance(key, str):
+            raise KeyError(f"{self.kind} cell has no single input {role!r} (its inputs: {', '.join(self.inputs)})")
+        return key
+
+    def inputs_of(self, role: str) -> tuple[str, ...]:
+        """The keys of the inputs named ``role``, in order (none when the cell has no such input)."""
+        keys = self.inputs.get(role, ())
+        return (keys,) if isinstance(keys, str) else tuple(keys)
 
     @property
     def key(self) -> str:
@@ -154,15 +202,25 @@ def _method_order(names: list[str]) -> list[str]:
 
 
 def _extra_evaluation(m: Any, adapted: dict[str, Cell], config: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
-    """The evaluate cell's config and extra deps: a method that overrides ``extra_models``
+    """The evaluate cell's config and extra inputs: a method that overrides ``extra_models``
     (WiSE-FT's curve) gets its required adapt cells, named in ``config["extra"]``."""
-    from ..methods.base import Method
-
     if type(m).extra_models is Method.extra_models:
         return config, ()
     names = list(m.requires)
     return {**config, "extra": {"method": m.name, "params": m.params(), "inputs": names}}, \
         tuple(adapted[r].key for r in names)
+
+
+def _evaluate_cell(config: dict[str, Any], adapted: Cell, pretrained: tuple[Cell, Cell], ckeys: tuple[str, ...],
+                   labels: dict[str, Any], extra: tuple[str, ...] = (), task_refs: tuple[str, ...] = ()) -> Cell:
+    p, e0 = pretrained
+    inputs: dict[str, Any] = {"model": adapted.key, "pretrained_eval": e0.key, "pretrained": p.key,
+                              "corruptions": ckeys}
+    if extra:
+        inputs["extra"] = extra
+    if task_refs:
+        inputs["task_refs"] = task_refs
+    return Cell.of("evaluate", config, inputs, labels, version=EVAL_VERSION)
 
 
 def _check_combining(methods: dict[str, Any]) -> None:
@@ -181,12 +239,12 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
 
     - ``"seeds"``: one per task over the required methods' models of every seed (and of
       every ``input_variants()`` override, whose adapt cells are added here), seed label None;
-    - ``"tasks"``: one per seed over their models of every task, task label ``"merged"``;
+    - ``"tasks"``: one per seed over their models of every task, task label ``rows.MERGED``;
       its evaluate cell depends on the first required method's evaluate cells of every
       task (``config["reference"]``), for the accuracy normalised by theirs.
 
     The adapt config lists the ingredients (method, task, seed, variant) in deps order."""
-    p, e0 = pretrained
+    p = pretrained[0]
     out: list[Cell] = []
     seen: set[str] = set()
     for name in order:
@@ -197,7 +255,7 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
             groups = [(task, None, [(task, s) for s in spec.seeds]) for task in task_names]
             variants = m.input_variants()
         else:
-            groups = [("merged", seed, [(t, seed) for t in task_names]) for seed in spec.seeds]
+            groups = [(rows.MERGED, seed, [(t, seed) for t in task_names]) for seed in spec.seeds]
             variants = [{}]
         for task_label, seed_label, members in groups:
             deps: list[str] = []
@@ -209,26 +267,26 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
                         if override:
                             params = {**methods[r].params(), **override}
                             req = METHODS.create(r, **params)  # a bad override fails here, naming the field
-                            a = Cell("adapt", {**a.config, "params": req.params()}, (p.key, *(index[(rr, t, s)][0].key
-                                     for rr in req.requires)), {**base, "method": f"{r}[{v}]", "task": t, "seed": s},
-                                     version=req.version)
+                            a = Cell.of("adapt", {**a.config, "params": req.params()},
+                                        {"pretrained": p.key,
+                                         "requires": tuple(index[(rr, t, s)][0].key for rr in req.requires)},
+                                        {**base, "method": f"{r}[{v}]", "task": t, "seed": s}, version=req.version)
                             if a.key not in seen:
                                 seen.add(a.key)
                                 out.append(a)
                         deps.append(a.key)
                         ingredients.append([r, t, s, v])
             labels = {**base, "method": name, "task": task_label, "seed": seed_label}
-            a = Cell("adapt", {"method": name, "params": m.params(), "task": task_label, "seed": seed_label,
-                               "combines": m.combines, "ingredients": ingredients,
-                               "val_fraction": spec.eval.val_fraction, "pretrain_sample": spec.eval.pretrain_sample},
-                     (p.key, *deps), labels, version=m.version)
+            a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task_label, "seed": seed_label,
+                                  "combines": m.combines, "ingredients": ingredients,
+                                  "val_fraction": spec.eval.val_fraction, "pretrain_sample": spec.eval.pretrain_sample},
+                        {"pretrained": p.key, "ingredients": tuple(deps)}, labels, version=m.version)
             ev_config, refs = dict(eval_config), ()
             if m.combines == "tasks":
                 ref = m.requires[0]
                 ev_config.update(attacks=[], reference={"method": ref, "tasks": list(task_names)})
                 refs = tuple(index[(ref, t, seed_label)][1].key for t in task_names)
-            ev = Cell("evaluate", ev_config, (a.key, e0.key, p.key, *ckeys, *refs), labels, version=EVAL_VERSION)
-            out += [a, ev]
+            out += [a, _evaluate_cell(ev_config, a, pretrained, ckeys, labels, task_refs=refs)]
     return out
 
 
@@ -246,34 +304,32 @@ def diagnose_cells(spec: RunSpec, cells: list[Cell], task_names: list[str], suit
             continue
         lab = c.labels
         p = pretrained[(lab["backbone"], lab["recipe"])]
-        out.append(Cell("diagnose", {"suite": suite_id, "diagnostics": cfg, "scope": "model"}, (p, c.key), dict(lab),
-                        version=DIAGNOSE_VERSION))
+        out.append(Cell.of("diagnose", {"suite": suite_id, "diagnostics": cfg, "scope": "model"},
+                           {"pretrained": p, "model": c.key}, dict(lab), version=DIAGNOSE_VERSION))
         if lab.get("task") in task_names:
             groups.setdefault((lab["backbone"], lab["recipe"], lab["method"], lab.get("seed")), []).append(c)
     for (backbone, recipe, method, seed), group in groups.items():
         if len(group) < 2:
             continue
-        out.append(Cell("diagnose", {"scope": "tasks", "tasks": [c.labels["task"] for c in group]},
-                        (pretrained[(backbone, recipe)], *(c.key for c in group)),
-                        {"backbone": backbone, "recipe": recipe, "method": method, "task": None, "seed": seed},
-                        version=DIAGNOSE_VERSION))
+        out.append(Cell.of("diagnose", {"scope": "tasks", "tasks": [c.labels["task"] for c in group]},
+                           {"pretrained": pretrained[(backbone, recipe)], "models": tuple(c.key for c in group)},
+                           {"backbone": backbone, "recipe": recipe, "method": method, "task": None, "seed": seed},
+                           version=DIAGNOSE_VERSION))
     return out
 
 
 def outside_backbones(spec: RunSpec) -> dict[int, Any]:
-    """Index in ``spec.backbones`` -> ``BackboneEntry`` for outside backbones (tables and
-    preset names); registered names are checked, unknown ones fail listing the valid ones."""
-    from ..core.errors import UnknownNameError
-    from ..models.external import list_presets, parse_entry
-
-    out = {}
+    """Index in ``spec.backbones`` -> ``BackboneEntry`` for outside backbones: the tables as the
+    spec's validation parsed them (``RunSpec.outside_entries``), and preset names; registered
+    names are checked, unknown ones fail listing the valid ones."""
+    out = spec.outside_entries
     for i, b in enumerate(spec.backbones):
-        if isinstance(b, str) and b in MODELS:
+        if i in out or (isinstance(b, str) and b in MODELS):
             continue
-        if isinstance(b, str) and b not in list_presets():
-            raise UnknownNameError("model", b, MODELS.names() + list_presets())
-        out[i] = parse_entry(b, f"backbones[{i}]")
-    return out
+        if isinstance(b, str) and b not in external.list_presets():
+            raise UnknownNameError("model", b, MODELS.names() + external.list_presets())
+        out[i] = external.parse_entry(b, f"backbones[{i}]")
+    return dict(sorted(out.items()))
 
 
 def _pretrain_cells(spec: RunSpec, backbone: Any, entry: Any, suite_id: dict[str, Any], pt: dict[str, Any]
@@ -281,13 +337,11 @@ def _pretrain_cells(spec: RunSpec, backbone: Any, entry: Any, suite_id: dict[str
     """(labels, pretrain cell) per recipe of a registered backbone; one ``given`` cell for an
     outside backbone, keyed by its identity (source, weights SHA-256...), not by the recipes."""
     if entry is not None:
-        from ..models.external import VERSION, identity
-
         base = {"backbone": entry.name, "recipe": "given"}
-        config = {"suite": suite_id, "backbone": entry.name, "recipe": "given", "given": identity(entry)}
+        config = {"suite": suite_id, "backbone": entry.name, "recipe": "given", "given": external.identity(entry)}
         if entry.reset_head:  # the new head's initialisation follows the pretraining seed
             config["seed"] = pt["seed"]
-        return [(base, Cell("pretrain", config, (), base, version=VERSION))]
+        return [(base, Cell("pretrain", config, (), base, version=external.VERSION))]
     model_version = getattr(MODELS.get(backbone), "version", "1")
     out = []
     for recipe in spec.recipes:
@@ -321,14 +375,14 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
     analysis = {**spec.analysis.model_dump(), "estimators": estimator_versions(spec)} if spec.analysis.enabled else {}
     for i, backbone in enumerate(spec.backbones):
         for base, p in _pretrain_cells(spec, backbone, outside.get(i), suite_id, pt):
-            e0 = Cell("eval_pretrained", {"suite": suite_id, "attacks": attacks}, (p.key, *ckeys),
-                      {**base, "method": "pretrained"},
-                      version=EVAL_VERSION)
+            e0 = Cell.of("eval_pretrained", {"suite": suite_id, "attacks": attacks},
+                         {"model": p.key, "corruptions": ckeys}, {**base, "method": rows.PRETRAINED},
+                         version=EVAL_VERSION)
             cells += [p, e0]
             if spec.analysis.enabled:
                 for task in task_names:
-                    cells.append(Cell("analysis", {"task": task, "analysis": analysis}, (p.key,),
-                                      {**base, "method": "analysis", "task": task}, version=ANALYSIS_VERSION))
+                    cells.append(Cell.of("analysis", {"task": task, "analysis": analysis}, {"pretrained": p.key},
+                                         {**base, "method": rows.ANALYSIS, "task": task}, version=ANALYSIS_VERSION))
             index: dict[tuple, tuple[Cell, Cell]] = {}  # (method, task, seed) -> (adapt, evaluate)
             for seed in spec.seeds:
                 for task in task_names:
@@ -338,14 +392,14 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
                         if m.combines:  # after the loop: one cell over several seeds or tasks
                             continue
                         labels = {**base, "method": name, "task": task, "seed": seed}
-                        a = Cell("adapt", {"method": name, "params": m.params(), "task": task, "seed": seed,
-                                           "val_fraction": spec.eval.val_fraction,
-                                           "pretrain_sample": spec.eval.pretrain_sample},
-                                 (p.key, *(adapted[r].key for r in m.requires)), labels, version=m.version)
+                        a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task, "seed": seed,
+                                              "val_fraction": spec.eval.val_fraction,
+                                              "pretrain_sample": spec.eval.pretrain_sample},
+                                    {"pretrained": p.key, "requires": tuple(adapted[r].key for r in m.requires)},
+                                    labels, version=m.version)
                         adapted[name] = a
                         ev_config, extra = _extra_evaluation(m, adapted, {"suite": suite_id, "attacks": attacks})
-                        ev = Cell("evaluate", ev_config, (a.key, e0.key, p.key, *ckeys, *extra), labels,
-                                  version=EVAL_VERSION)
+                        ev = _evaluate_cell(ev_config, a, (p, e0), ckeys, labels, extra=extra)
                         cells += [a, ev]
                         index[(name, task, seed)] = (a, ev)
             cells += combined_cells(spec, methods, order, task_names, base, (p, e0), ckeys, index,

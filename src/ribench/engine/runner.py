@@ -37,15 +37,16 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .. import __version__
 from ..core.errors import ConfigError, DataError, UnknownNameError
 from ..core.runtime import resolve_device
-from ..data import build_suite
+from ..core.types import Suite
 from .artifacts import ArtifactStore
-from .execute import CellResult
+from .execute import CellResult, build_run_suite
 from .executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, WorkerContext, clean_markers
 from .plan import Cell, plan
 from .progress import make_progress
@@ -109,12 +110,25 @@ def environment(device: torch.device) -> dict[str, str]:
             "platform": platform.platform(), "device": str(device), "threads": str(torch.get_num_threads())}
 
 
-def plan_run(spec: RunSpec):
+def plan_run(spec: RunSpec) -> tuple[Suite, list[Cell]]:
     """(suite, cells) of a spec."""
-    suite = build_suite(spec.suite, seed=spec.data_seed, data_root=spec.data_root, suite_file=spec.suite_file,
-                        options=spec.suite_options)
+    suite = build_run_suite(spec)
     suite_id = {"name": suite.name, "version": suite.version, "data_seed": spec.data_seed}
     return suite, plan(spec, select_tasks(spec, list(suite.tasks)), suite_id)
+
+
+def suite_layout(suite: Suite, cells: list[Cell]) -> dict[str, Any]:
+    """The run's data as recorded with it: pretraining domain, tasks, eval sets and corruption sets
+    (the engine's corruption sets, when the run makes them, in place of the suite's built-in ones)."""
+    corruptions = {k: list(v) for k, v in suite.corruptions.items()}
+    eval_sets = list(suite.eval_sets)
+    made = [c for c in cells if c.kind == "corrupt"]
+    if made:
+        eval_sets = [e for e in eval_sets if e not in corruptions]
+        corruptions = {c.labels["task"]: [c.config["corruption"], c.config["severity"]] for c in made}
+        eval_sets += list(corruptions)
+    return {"pretrain": suite.pretrain.name, "tasks": list(suite.tasks), "eval_sets": eval_sets,
+            "corruptions": corruptions}
 
 
 class EventLog:
@@ -153,12 +167,32 @@ def _shut_down(steps: list, raise_errors: bool) -> None:
         raise first
 
 
-def _executor(opts: RunOptions, ctx: WorkerContext):
+def _executor(opts: RunOptions, ctx: WorkerContext, suite: Suite):
     if opts.runner == "serial":
-        return SerialExecutor(ctx)
+        return SerialExecutor(ctx, suite)
     if opts.runner == "pool":
         return PoolExecutor(ctx, opts.workers)
     return RayExecutor(ctx, opts.address, opts.workers, gpus_per_cell=1.0 if ctx.device.startswith("cuda") else 0.0)
+
+
+class _Heartbeat:
+    """A thread that keeps this driver's claims alive, on its own connection to the store."""
+
+    def __init__(self, db: Path, owner: str, stale_after: float):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(db, owner, min(10.0, stale_after / 4)), daemon=True)
+        self._thread.start()
+
+    def _beat(self, db: Path, owner: str, every: float) -> None:
+        hb = ResultsStore(db)
+        while not self._stop.wait(every):
+            with suppress(DataError):  # e.g. a full disk: the run's own next write reports it
+                hb.heartbeat(owner)
+        hb.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()  # its connection closes before ours: no WAL files change after run() returns
 
 
 def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOptions | None = None) -> RunOutcome:
@@ -176,18 +210,10 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
     store = ResultsStore(out / "results.sqlite")
-    corruptions = {k: list(v) for k, v in suite.corruptions.items()}
-    eval_sets = list(suite.eval_sets)
-    made = [c for c in cells if c.kind == "corrupt"]
-    if made:  # the engine's corruption sets replace the suite's built-in ones
-        eval_sets = [e for e in eval_sets if e not in corruptions]
-        corruptions = {c.labels["task"]: [c.config["corruption"], c.config["severity"]] for c in made}
-        eval_sets += list(corruptions)
-    layout = {"pretrain": suite.pretrain.name, "tasks": list(suite.tasks), "eval_sets": eval_sets,
-              "corruptions": corruptions}
-    store.record_run(spec.model_dump(), {**environment(device), "suite": layout, "runner": opts.runner,
-                                         "workers": str(opts.workers), "threads_per_cell": str(spec.threads)})
-    ctx = WorkerContext(spec.model_dump(), str(out.resolve()), str(device))
+    store.record_run(spec.model_dump(), {**environment(device), "suite": suite_layout(suite, cells),
+                                         "runner": opts.runner, "workers": str(opts.workers),
+                                         "threads_per_cell": str(spec.threads)})
+    ctx = WorkerContext(spec, str(out.resolve()), str(device))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
     events("run_start", runner=opts.runner, workers=opts.workers, cells=len(cells), owner=owner)
@@ -197,37 +223,24 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     clean_markers(out / ".workers")
     if removed:
         events("cleaned", files=[str(p) for p in removed])
-    stop_beat = threading.Event()
-
-    def beat() -> None:
-        hb = ResultsStore(out / "results.sqlite")
-        while not stop_beat.wait(min(10.0, opts.stale_after / 4)):
-            with suppress(DataError):  # e.g. a full disk: the run's own next write reports it
-                hb.heartbeat(owner)
-        hb.close()
-
-    def stop_heartbeat() -> None:
-        stop_beat.set()
-        beater.join()  # its connection closes before ours: no WAL files change after run() returns
 
     def end() -> None:
         result.seconds = time.perf_counter() - t_start
         events("run_end", ran=result.ran, cached=result.cached, failed=len(result.failed), skipped=result.skipped,
                seconds=round(result.seconds, 3))
 
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
+    heartbeat = _Heartbeat(out / "results.sqlite", owner, opts.stale_after)
     executor = None
     result = RunOutcome(out, len(cells))
     ended_by_error = True
     try:
-        executor = _executor(opts, ctx)
+        executor = _executor(opts, ctx, suite)
         with make_progress(quiet) as prog:
             _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
         ended_by_error = False
     finally:
         # every step runs even if one before it fails, and none hides the error that ended the run
-        _shut_down([stop_heartbeat, executor.close if executor else (lambda: None),
+        _shut_down([heartbeat.stop, executor.close if executor else (lambda: None),
                     lambda: store.release_claims(owner), store.close, end, events.close],
                    raise_errors=not ended_by_error)
     return result
@@ -257,179 +270,278 @@ def _reusable(cells: list[Cell], status: dict[str, str], artifacts: ArtifactStor
     return done
 
 
-def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts) -> None:
-    """Event loop of the driver: O(1) work per cell and per finished dependency."""
-    by_key = {c.key: c for c in cells}
-    children: dict[str, list[Cell]] = {k: [] for k in by_key}
-    for c in cells:
-        for d in c.deps:
-            children.setdefault(d, []).append(c)
-    status = store.statuses()
-    done = _reusable(cells, status, artifacts, store, events, prog)
-    result.cached = len(done)
-    grid = prog.add_task(f"grid ({executor.name})", total=len(cells))
-    prog.advance(grid, len(done))
-    # a cell whose worker died is tried again by every run; one that failed by itself waits for `ribench retry`
-    failed_before = set() if opts.retry_failed else {k for k, f in store.failures().items() if f != "worker"}
-    missing = {c.key: sum(d not in done for d in c.deps) for c in cells if c.key not in done}
-    ready = deque(c for c in cells if c.key in missing and missing[c.key] == 0)
-    elsewhere: set[str] = set()  # claimed by another live driver
-    delayed: list[tuple[float, Cell]] = []  # (not before, cell) waiting out a retry backoff
-    running: dict[Future, tuple[Cell, int, int]] = {}  # future -> (cell, attempt, progress task)
-    attempts: dict[str, int] = {}
-    losses: dict[str, int] = {}  # deaths of an unknown worker while the cell was in flight
-    records: dict[str, CellResult] = {}
-    broken: set[str] = set()
+class Scheduler:
+    """Which cells of a run's DAG can run now, and what became of the others.
 
-    def deps_of(cell: Cell) -> dict[str, CellResult]:
-        for d in cell.deps:
-            if d not in records:
-                records[d] = CellResult(store.cell_metrics(d), store.cell_info(d))
-        return {d: records[d] for d in cell.deps}
+    Made from the cells (in plan order) and the keys already done. ``ready()`` hands out
+    the next runnable cell: requeued cells and retries whose backoff is over first, the
+    others in the order their last dependency finished. ``finished`` marks a cell done and
+    readies the children it completes; ``fail`` and ``skip`` end a cell, and ``block``
+    skips every pending cell downstream of it, recording in ``waits_on`` the cell that
+    each skipped one waits for. ``outcome`` keeps the counts (ran, cached, failed,
+    skipped, retried). O(1) work per cell and per finished dependency.
+    """
 
-    def finished(key: str, cached: bool) -> None:
-        done.add(key)
-        missing.pop(key, None)
+    def __init__(self, cells: list[Cell], done: set[str], outcome: RunOutcome):
+        self.by_key = {c.key: c for c in cells}
+        self.children: dict[str, list[Cell]] = {k: [] for k in self.by_key}
+        for c in cells:
+            for d in c.deps:
+                self.children.setdefault(d, []).append(c)
+        self.done = set(done)
+        self.missing = {c.key: sum(d not in self.done for d in c.deps) for c in cells if c.key not in self.done}
+        self.ended: set[str] = set()  # failed or skipped
+        self.waits_on: dict[str, str] = {}  # skipped cell -> the cell that failed (or was skipped) before it
+        self.outcome = outcome
+        outcome.cached += len(self.done)
+        self._ready = deque(c for c in cells if self.missing.get(c.key) == 0)
+        self._delayed: list[tuple[float, Cell]] = []  # (not before, cell) waiting out a retry backoff
+
+    @property
+    def pending(self) -> bool:
+        """Whether some cell is neither done nor ended."""
+        return bool(self.missing)
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    @property
+    def has_delayed(self) -> bool:
+        return bool(self._delayed)
+
+    def ready(self, now: float | None = None) -> Cell | None:
+        """The next runnable cell (retries whose backoff ended by ``now`` first), or None."""
+        now = time.time() if now is None else now
+        for item in [d for d in self._delayed if d[0] <= now]:
+            self._delayed.remove(item)
+            self._ready.appendleft(item[1])
+        while self._ready:
+            cell = self._ready.popleft()
+            if cell.key in self.missing:
+                return cell
+        return None
+
+    def requeue(self, cell: Cell, first: bool = True) -> None:
+        """Hand ``cell`` out again (it did not run, or it ran elsewhere and was given up)."""
+        if first:
+            self._ready.appendleft(cell)
+        else:
+            self._ready.append(cell)
+
+    def retry(self, cell: Cell, not_before: float) -> None:
+        """Hand ``cell`` out again once ``not_before`` (unix seconds) has passed."""
+        self._delayed.append((not_before, cell))
+        self.outcome.retried += 1
+
+    def finished(self, key: str, cached: bool = False) -> list[Cell]:
+        """Mark ``key`` done (``cached``: by an earlier run or another driver); returns the cells it made ready."""
+        self.done.add(key)
+        self.missing.pop(key, None)
         if cached:
-            result.cached += 1
-            prog.advance(grid)
-        for child in children.get(key, ()):
-            if child.key in missing:
-                missing[child.key] -= 1
-                if missing[child.key] == 0:
-                    ready.append(child)
+            self.outcome.cached += 1
+        else:
+            self.outcome.ran += 1
+        now_ready = []
+        for child in self.children.get(key, ()):
+            if child.key in self.missing:
+                self.missing[child.key] -= 1
+                if self.missing[child.key] == 0:
+                    self._ready.append(child)
+                    now_ready.append(child)
+        return now_ready
 
-    def block(key: str, reason: str) -> None:
-        """Skip everything downstream of a cell that cannot finish in this run."""
-        stack = [c for c in children.get(key, ())]
+    def fail(self, cell: Cell, error: str) -> list[Cell]:
+        """Record ``cell`` as failed; returns the cells skipped because of it."""
+        self._end(cell.key)
+        self.outcome.failed.append((cell, error))
+        return self.block(cell.key)
+
+    def skip(self, cell: Cell) -> list[Cell]:
+        """Skip ``cell`` without running it (e.g. it failed in an earlier run); returns the cells
+        skipped because of it."""
+        self._end(cell.key)
+        self.outcome.skipped += 1
+        return self.block(cell.key)
+
+    def block(self, key: str) -> list[Cell]:
+        """Skip every pending cell downstream of ``key``, which cannot finish in this run; returns them."""
+        skipped = []
+        stack = list(self.children.get(key, ()))
         while stack:
             c = stack.pop()
-            if c.key in broken or c.key not in missing:
+            if c.key in self.ended or c.key not in self.missing:
                 continue
-            broken.add(c.key)
-            missing.pop(c.key)
-            result.skipped += 1
-            events("skipped", c, reason=reason)
-            prog.advance(grid)
-            stack.extend(children.get(c.key, ()))
+            self._end(c.key)
+            self.outcome.skipped += 1
+            self.waits_on[c.key] = key
+            skipped.append(c)
+            stack.extend(self.children.get(c.key, ()))
+        return skipped
 
-    def fail(cell: Cell, attempt: int, outcome: Outcome) -> None:
-        store.fail_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds, outcome.error,
-                        outcome.traceback, failure=outcome.failure)
-        broken.add(cell.key)
-        missing.pop(cell.key, None)
-        result.failed.append((cell, outcome.error))
-        events("failed", cell, attempt=attempt, error=outcome.error, worker=outcome.worker, failure=outcome.failure)
-        prog.log(f"[red]failed[/red] {cell.describe()}: {outcome.error}")
-        prog.advance(grid)
-        block(cell.key, f"dependency {cell.describe()} failed")
+    def _end(self, key: str) -> None:
+        self.ended.add(key)
+        self.missing.pop(key, None)
 
-    def on_outcome(cell: Cell, attempt: int, outcome: Outcome) -> None:
+
+def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts) -> None:
+    """Run ``cells`` on ``executor`` until none can run, recording each in ``store``."""
+    _Driver(cells, store, executor, opts, owner, result, events, prog, artifacts).loop()
+
+
+class _Driver:
+    """The driver's event loop: a Scheduler, and the executor, store, event log and progress around it."""
+
+    def __init__(self, cells: list[Cell], store: ResultsStore, executor, opts: RunOptions, owner: str,
+                 result: RunOutcome, events: EventLog, prog, artifacts: ArtifactStore):
+        self.store, self.executor, self.opts, self.owner, self.events, self.prog = \
+            store, executor, opts, owner, events, prog
+        done = _reusable(cells, store.statuses(), artifacts, store, events, prog)
+        self.sched = Scheduler(cells, done, result)
+        self.grid = prog.add_task(f"grid ({executor.name})", total=len(cells))
+        prog.advance(self.grid, len(done))
+        # a cell whose worker died is tried again by every run; one that failed by itself waits for `ribench retry`
+        self.failed_before = set() if opts.retry_failed else {k for k, f in store.failures().items() if f != "worker"}
+        self.elsewhere: set[str] = set()  # claimed by another live driver
+        self.running: dict[Future, tuple[Cell, int, int]] = {}  # future -> (cell, attempt, progress task)
+        self.attempts: dict[str, int] = {}
+        self.losses: dict[str, int] = {}  # deaths of an unknown worker while the cell was in flight
+        self.records: dict[str, CellResult] = {}
+
+    def loop(self) -> None:
+        sched = self.sched
+        while sched.pending:
+            self._submit_ready()
+            if self.running:
+                self._collect()
+                continue
+            if sched.has_ready:
+                continue
+            if not self.elsewhere and not sched.has_delayed:
+                break  # nothing runnable is left (everything else is blocked)
+            time.sleep(self.opts.poll)  # wait for other drivers' cells, or a retry backoff
+            if self.elsewhere:
+                self._look_elsewhere()
+
+    def _deps_of(self, cell: Cell) -> dict[str, CellResult]:
+        for d in cell.deps:
+            if d not in self.records:
+                self.records[d] = CellResult(self.store.cell_metrics(d), self.store.cell_info(d))
+        return {d: self.records[d] for d in cell.deps}
+
+    def _finished(self, key: str, cached: bool) -> None:
+        self.sched.finished(key, cached)
+        self.prog.advance(self.grid)
+
+    def _skipped(self, cells: list[Cell], reason: str) -> None:
+        for c in cells:
+            self.events("skipped", c, reason=reason, waits_on=self.sched.waits_on.get(c.key))
+            self.prog.advance(self.grid)
+
+    def _submit_ready(self) -> None:
+        while len(self.running) < self.executor.slots:
+            cell = self.sched.ready()
+            if cell is None:
+                return
+            if cell.key in self.failed_before:
+                self.events("skipped", cell, reason="failed in an earlier run (ribench retry reruns it)")
+                self.prog.advance(self.grid)
+                self._skipped(self.sched.skip(cell), "a dependency failed in an earlier run")
+                continue
+            if not self.store.claim(cell.key, self.owner, self.opts.stale_after):
+                if self.store.status(cell.key) == "done":
+                    self._finished(cell.key, cached=True)
+                else:
+                    self.elsewhere.add(cell.key)
+                continue
+            attempt = self.attempts[cell.key] = self.attempts.get(cell.key, 0) + 1
+            task = self.prog.add_task(cell.describe(), total=1.0)
+            self.events("start", cell, attempt=attempt)
+            try:
+                fut = self.executor.submit(cell, self._deps_of(cell),
+                                           lambda f, msg, t=task: self.prog.update(t, completed=f, status=msg))
+            except BrokenProcessPool as e:  # a worker died while the pool was idle: it took no cell down
+                self.prog.remove_task(task)
+                self.attempts[cell.key] -= 1
+                self.sched.requeue(cell)
+                self.events("requeued", cell, reason=str(e))
+                self._on_pool_break()
+                return
+            self.running[fut] = (cell, attempt, task)
+
+    def _collect(self) -> None:
+        complete, _ = wait(list(self.running), timeout=self.opts.poll, return_when=FIRST_COMPLETED)
+        if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in complete):
+            self._on_pool_break()
+            return
+        for fut in complete:
+            cell, attempt, task = self.running.pop(fut)
+            self.prog.remove_task(task)
+            try:
+                outcome: Outcome = fut.result()
+            except Exception as e:  # noqa: BLE001 - e.g. a Ray worker or node lost mid-cell
+                outcome = Outcome(False, error=f"{type(e).__name__}: {e}", failure="worker")
+            self._on_outcome(cell, attempt, outcome)
+
+    def _on_outcome(self, cell: Cell, attempt: int, outcome: Outcome) -> None:
         if outcome.ok:
-            store.finish_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds,
-                              outcome.result.metrics, {**outcome.result.info, "worker": outcome.worker,
-                                                       "attempts": attempt})
-            result.ran += 1
-            events("done", cell, attempt=attempt, seconds=round(outcome.seconds, 3), worker=outcome.worker)
-            prog.advance(grid)
-            finished(cell.key, cached=False)
-        elif attempt <= opts.retries:
-            delay = opts.backoff * 2 ** (attempt - 1)
-            delayed.append((time.time() + delay, cell))
-            result.retried += 1
-            events("retry", cell, attempt=attempt, error=outcome.error, delay=delay)
-            prog.log(f"[yellow]retrying[/yellow] {cell.describe()} in {delay:g} s: {outcome.error}")
+            self.store.finish_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds,
+                                   outcome.result.metrics, {**outcome.result.info, "worker": outcome.worker,
+                                                            "attempts": attempt})
+            self.events("done", cell, attempt=attempt, seconds=round(outcome.seconds, 3), worker=outcome.worker)
+            self._finished(cell.key, cached=False)
+        elif attempt <= self.opts.retries:
+            delay = self.opts.backoff * 2 ** (attempt - 1)
+            self.sched.retry(cell, time.time() + delay)
+            self.events("retry", cell, attempt=attempt, error=outcome.error, delay=delay)
+            self.prog.log(f"[yellow]retrying[/yellow] {cell.describe()} in {delay:g} s: {outcome.error}")
         else:
-            fail(cell, attempt, outcome)
+            self._fail(cell, attempt, outcome)
 
-    def on_pool_break() -> None:
+    def _fail(self, cell: Cell, attempt: int, outcome: Outcome) -> None:
+        self.store.fail_cell(cell.key, cell.kind, cell.labels, cell.config, time.time() - outcome.seconds,
+                             outcome.error, outcome.traceback, failure=outcome.failure)
+        skipped = self.sched.fail(cell, outcome.error)
+        self.events("failed", cell, attempt=attempt, error=outcome.error, worker=outcome.worker,
+                    failure=outcome.failure)
+        self.prog.log(f"[red]failed[/red] {cell.describe()}: {outcome.error}")
+        self.prog.advance(self.grid)
+        self._skipped(skipped, f"dependency {cell.describe()} failed")
+
+    def _on_pool_break(self) -> None:
         """A worker died, and every cell in flight is lost with its pool. The cell that ran in the
         dead worker is charged that attempt; the others go back to the queue as if never started."""
-        lost = dict(running)
-        running.clear()
+        lost = dict(self.running)
+        self.running.clear()
         wait(list(lost), timeout=60)  # a broken pool fails all its futures at once
-        death = executor.recover({cell.key for cell, _, _ in lost.values()})
-        events("worker_died", message=death.message, culprit=death.culprit)
-        prog.log(f"[yellow]worker pool rebuilt[/yellow]: {death.message}")
+        death = self.executor.recover({cell.key for cell, _, _ in lost.values()})
+        self.events("worker_died", message=death.message, culprit=death.culprit)
+        self.prog.log(f"[yellow]worker pool rebuilt[/yellow]: {death.message}")
         for fut, (cell, attempt, task) in lost.items():
-            prog.remove_task(task)
+            self.prog.remove_task(task)
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                on_outcome(cell, attempt, fut.result())  # it finished just before the death
+                self._on_outcome(cell, attempt, fut.result())  # it finished just before the death
             elif cell.key == death.culprit:
-                on_outcome(cell, attempt, Outcome(False, error=death.message, failure="worker"))
-            elif not death.attributed and losses.get(cell.key, 0) + 1 >= MAX_WORKER_LOSSES:
-                fail(cell, attempt, Outcome(False, error=f"a worker process died {MAX_WORKER_LOSSES} times while this "
-                                            f"cell ran; the last time: {death.message}", failure="worker"))
+                self._on_outcome(cell, attempt, Outcome(False, error=death.message, failure="worker"))
+            elif not death.attributed and self.losses.get(cell.key, 0) + 1 >= MAX_WORKER_LOSSES:
+                self._fail(cell, attempt, Outcome(False, error=f"a worker process died {MAX_WORKER_LOSSES} times "
+                                                  f"while this cell ran; the last time: {death.message}",
+                                                  failure="worker"))
             else:
                 if not death.attributed:
-                    losses[cell.key] = losses.get(cell.key, 0) + 1
-                attempts[cell.key] -= 1  # not its fault: this attempt does not count
-                ready.appendleft(cell)
-                events("requeued", cell, reason=death.message)
+                    self.losses[cell.key] = self.losses.get(cell.key, 0) + 1
+                self.attempts[cell.key] -= 1  # not its fault: this attempt does not count
+                self.sched.requeue(cell)
+                self.events("requeued", cell, reason=death.message)
 
-    while missing:
-        now = time.time()
-        for item in [d for d in delayed if d[0] <= now]:
-            delayed.remove(item)
-            ready.appendleft(item[1])
-        while ready and len(running) < executor.slots:
-            cell = ready.popleft()
-            if cell.key not in missing:
-                continue
-            if cell.key in failed_before:
-                broken.add(cell.key)
-                missing.pop(cell.key)
-                result.skipped += 1
-                events("skipped", cell, reason="failed in an earlier run (ribench retry reruns it)")
-                prog.advance(grid)
-                block(cell.key, "a dependency failed in an earlier run")
-                continue
-            if not store.claim(cell.key, owner, opts.stale_after):
-                if store.status(cell.key) == "done":
-                    finished(cell.key, cached=True)
-                else:
-                    elsewhere.add(cell.key)
-                continue
-            attempt = attempts[cell.key] = attempts.get(cell.key, 0) + 1
-            task = prog.add_task(cell.describe(), total=1.0)
-            events("start", cell, attempt=attempt)
-            try:
-                fut = executor.submit(cell, deps_of(cell),
-                                      lambda f, msg, t=task: prog.update(t, completed=f, status=msg))
-            except BrokenProcessPool as e:  # a worker died while the pool was idle: it took no cell down
-                prog.remove_task(task)
-                attempts[cell.key] -= 1
-                ready.appendleft(cell)
-                events("requeued", cell, reason=str(e))
-                on_pool_break()
-                break
-            running[fut] = (cell, attempt, task)
-        if running:
-            complete, _ = wait(list(running), timeout=opts.poll, return_when=FIRST_COMPLETED)
-            if any(not f.cancelled() and isinstance(f.exception(), BrokenProcessPool) for f in complete):
-                on_pool_break()
-                continue
-            for fut in complete:
-                cell, attempt, task = running.pop(fut)
-                prog.remove_task(task)
-                try:
-                    outcome: Outcome = fut.result()
-                except Exception as e:  # noqa: BLE001 - e.g. a Ray worker or node lost mid-cell
-                    outcome = Outcome(False, error=f"{type(e).__name__}: {e}", failure="worker")
-                on_outcome(cell, attempt, outcome)
-            continue
-        if ready:
-            continue
-        if not elsewhere and not delayed:
-            break  # nothing runnable is left (everything else is blocked)
-        time.sleep(opts.poll)  # wait for other drivers' cells, or a retry backoff
-        if elsewhere:
-            status = store.statuses()
-            live = store.live_claims(opts.stale_after, exclude_owner=owner)
-            for key in list(elsewhere):
-                if status.get(key) == "done":
-                    elsewhere.discard(key)
-                    finished(key, cached=True)
-                elif key not in live:  # the other driver died or gave up on it: take it over
-                    elsewhere.discard(key)
-                    ready.append(by_key[key])
+    def _look_elsewhere(self) -> None:
+        """Cells claimed by other drivers: done ones count as cached, abandoned ones are taken over."""
+        status = self.store.statuses()
+        live = self.store.live_claims(self.opts.stale_after, exclude_owner=self.owner)
+        for key in list(self.elsewhere):
+            if status.get(key) == "done":
+                self.elsewhere.discard(key)
+                self._finished(key, cached=True)
+            elif key not in live:  # the other driver died or gave up on it: take it over
+                self.elsewhere.discard(key)
+                self.sched.requeue(self.sched.by_key[key], first=False)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from ..core.errors import ConfigError
 
@@ -136,6 +137,7 @@ class RunSpec(_Strict):
 
     trust_checkpoint: bool = Field(False, description="unpickle full-pickle weights of outside backbones "
                                    "(can run code; the CLI's --trust-checkpoint)")
+    _outside: dict[int, Any] = PrivateAttr(default_factory=dict)  # backbones index -> BackboneEntry (tables)
 
     @field_validator("name")
     @classmethod
@@ -161,20 +163,31 @@ class RunSpec(_Strict):
             return v
         return str(Path(base_dir) / v)
 
-    @field_validator("backbones")
+    @model_validator(mode="wrap")
     @classmethod
-    def _outside_backbones(cls, v: list, info: ValidationInfo) -> list:
-        """Tables (outside backbones) are validated and normalised; names must be unique."""
+    def _outside_backbones(cls, data: Any, handler: Any, info: ValidationInfo) -> "RunSpec":
+        """Tables (outside backbones) are validated and normalised, once: their entries are kept
+        (``outside_entries``); names must be unique."""
+        if not (isinstance(data, dict) and isinstance(data.get("backbones"), list)):
+            return handler(data)
         from ..models.external import parse_entry
 
         base_dir = (info.context or {}).get("base_dir")
-        out = [b if isinstance(b, str) else parse_entry(b, f"backbones[{i}]", base_dir).as_dict()
-               for i, b in enumerate(v)]
-        names = [b if isinstance(b, str) else b["name"] for b in out]
+        entries = {i: parse_entry(b, f"backbones[{i}]", base_dir) for i, b in enumerate(data["backbones"])
+                   if isinstance(b, dict)}
+        spec = handler({**data, "backbones": [entries[i].as_dict() if i in entries else b
+                                              for i, b in enumerate(data["backbones"])]})
+        names = [b if isinstance(b, str) else b["name"] for b in spec.backbones]
         for i, n in enumerate(names):
             if n in names[:i]:
                 raise ConfigError(f"backbones[{i}].name", f"backbone name {n!r} is used twice; give each a `name`")
-        return out
+        spec._outside = entries
+        return spec
+
+    @property
+    def outside_entries(self) -> dict[int, Any]:
+        """Index in ``backbones`` -> ``models.external.BackboneEntry`` of each table, as validated."""
+        return dict(self._outside)
 
     @field_validator("methods", mode="before")
     @classmethod

@@ -5,16 +5,22 @@
   (digits from many fonts, disjoint from the task samples) and heavy augmentation,
   standing in for the broader pretraining data that ImageNet-RIB found to lose
   more robustness under fine-tuning.
+
+``pretrain_backbone`` builds a registered backbone and pretrains it: what ``ribench
+pretrain`` and a run's pretrain cells both call.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from ..core.errors import DataError, TrainingError, UnknownNameError
-from ..core.runtime import seed_everything
+from ..core.registry import MODELS
+from ..core.runtime import derive_seed, seed_everything
 from ..core.types import Split, Suite
 from ..data.augment import HEAVY, LIGHT, AugmentConfig
 from .base import Model, first_nonfinite, model_name
@@ -85,3 +91,27 @@ def pretrain(
                             f"diverged: tensor {bad[0]!r} holds {bad[1]} values; lower the learning rate "
                             f"(lr = {cfg.lr:g})")
     return model
+
+
+def pretrain_backbone(
+    backbone: str,
+    suite: Suite,
+    recipe: str,
+    cfg: PretrainConfig,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: Progress = no_progress,
+) -> tuple[Model, dict[str, Any]]:
+    """Build the registered ``backbone`` for ``suite``'s classes on ``device`` and pretrain it.
+
+    Its initialisation and its training are seeded from ``seed`` by (backbone, recipe), so
+    every backbone and recipe of one seed is made reproducibly and independently. Returns
+    (m0, info): ``train_seconds`` (wall time of training) and ``params`` (parameter count).
+    """
+    get_recipe(recipe)
+    seed_everything(derive_seed("init", seed, backbone, recipe))
+    model = MODELS.create(backbone, num_classes=suite.num_classes).to(device)
+    t0 = time.perf_counter()
+    pretrain(model, suite, recipe, cfg, derive_seed("pretrain", seed, backbone, recipe), progress)
+    info = {"train_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
+    return model, info

@@ -13,7 +13,8 @@ attacks also return the queries spent per image):
 attack (``ATTACKS``) on a fixed, seeded subset of an eval set; ``transfer_attack``
 crafts on one model and evaluates others (``adversarial_examples`` returns the crafted
 images, for caching); ``gradient_masking_checks`` flags
-evaluations that gradient masking makes unreliable.
+evaluations that gradient masking makes unreliable. ``attack_rows`` runs a spec's
+``attacks`` section on one model and eval set and returns the rows a run stores.
 """
 
 from .api import (
@@ -31,11 +32,12 @@ from .autoattack import autoattack, autoattack_available
 from .blackbox import fraction_schedule, sparse_rs, square_linf
 from .checks import gradient_masking_checks
 from .common import margin
+from .evaluation import AttackReport, add_robust_deltas, attack_rows, check_attack, robust_summary
 from .whitebox import apgd_ce, apgd_checkpoints, fgsm, pgd, pgd_l2, pgd_linf
 
 __all__ = [
-    "ATTACKS", "AttackResult", "AttackSpec", "adversarial_examples", "apgd_ce", "apgd_checkpoints", "attack_subset",
-    "autoattack", "autoattack_available", "fgsm", "fraction_schedule", "get_attack", "gradient_masking_checks",
-    "list_attacks", "margin", "pgd", "pgd_l2", "pgd_linf", "robust_accuracy", "sparse_rs", "square_linf",
-    "transfer_attack",
+    "ATTACKS", "AttackReport", "AttackResult", "AttackSpec", "add_robust_deltas", "adversarial_examples", "apgd_ce",
+    "apgd_checkpoints", "attack_rows", "attack_subset", "autoattack", "autoattack_available", "check_attack", "fgsm",
+    "fraction_schedule", "get_attack", "gradient_masking_checks", "list_attacks", "margin", "pgd", "pgd_l2",
+    "pgd_linf", "robust_accuracy", "robust_summary", "sparse_rs", "square_linf", "transfer_attack",
 ]
