@@ -83,17 +83,21 @@ def test_every_registered_model_kind_reloads_in_a_fresh_process(tmp_path):
     for kind in kinds:
         _write_case(tmp_path, kind, _build(kind), x)
     _write_case(tmp_path, "external", _external(), x)
-    legacy = ("with_head", "cnn")  # with_head over prompted: both of its kinds from the legacy table
+    legacy = ("with_head", "cnn", "dawin")  # with_head over prompted: both of its kinds from the legacy table
     for kind in legacy:
         _write_case(tmp_path, f"legacy-{kind}", _build(kind), x)
         _rewrite_metadata(tmp_path / f"legacy-{kind}.safetensors",
                           lambda m: {k: v for k, v in m.items() if k != "modules"})
+    # dawin was registered by the module ribench.methods.weightspace, now a package: files that name it load
+    _write_case(tmp_path, "dawin-before-split", _build("dawin"), x)
+    _rewrite_metadata(tmp_path / "dawin-before-split.safetensors",
+                      lambda m: {**m, "modules": json.dumps(["ribench.methods.weightspace", "ribench.models.zoo"])})
     results = _reload_in_fresh_processes(tmp_path)
-    assert sorted(results) == sorted([*kinds, "external", *(f"legacy-{k}" for k in legacy)])
+    assert sorted(results) == sorted([*kinds, "external", "dawin-before-split", *(f"legacy-{k}" for k in legacy)])
     bad = {k: r["error"] or f"max |diff| {r['max_abs_diff']}" for k, r in results.items() if not r["ok"]}
     assert not bad, bad
     # a kind that methods register is rebuilt by importing only what its checkpoint names
-    assert "ribench.methods.weightspace" in results["dawin"]["imported"]
+    assert "ribench.methods.weightspace.dawin" in results["dawin"]["imported"]
     assert not any(m.startswith("ribench.methods") for m in results["mlp"]["imported"])
 
 

@@ -51,7 +51,7 @@ RESERVED_KEYS = ("arch", "hparams", "num_classes", "spec", "modules")
 PACKAGE = __name__.split(".")[0]  # "ribench": the only package load_model imports from
 # Model kinds registered outside models/ when checkpoints recorded no `modules` (frozen: new kinds record theirs).
 LEGACY_MODULES = {
-    "dawin": f"{PACKAGE}.methods.weightspace",
+    "dawin": f"{PACKAGE}.methods.weightspace.dawin",
     "prompted": f"{PACKAGE}.methods.prompt",
     "with_head": f"{PACKAGE}.methods.training_free",
     external.ARCH: external.__name__,
