@@ -3,14 +3,13 @@ section lists. Usage (after those runs):
 
     python docs/findings/make.py [RUNS_DIR]      # default: runs
 
-prints every claim's comparisons (Markdown) and a JSON line of all numbers, and writes one
-PNG per claim beside this file, with ribench's own plotting code (ribench.report.claims).
+prints every claim's comparisons (Markdown), writes all numbers to numbers.json and one PNG
+per claim beside this file, with ribench's own plotting code (ribench.report.claims).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def sv(rows, metric, method, recipe="narrow"):
 def main(runs: Path) -> dict:
     main_rows = load(runs / "findings")
     reinit_rows = load(runs / "findings-reinit")
-    merges = {2: load(runs / "findings-merge2"), 5: load(runs / "findings-merge5"), 9: main_rows}
+    merges = {2: load(runs / "findings-merge2"), 9: main_rows}
     tasks = sorted(sv(main_rows, "dR", "ft"))
     out: dict[str, dict] = {}
     lines: list[str] = []
@@ -174,4 +173,5 @@ def main(runs: Path) -> dict:
 
 if __name__ == "__main__":
     result = main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs"))
-    print(json.dumps(result, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    text = json.dumps(result, indent=1, sort_keys=True, default=str, allow_nan=True).replace("NaN", "null")
+    (HERE / "numbers.json").write_text(text + "\n")

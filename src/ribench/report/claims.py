@@ -252,7 +252,8 @@ def lines_figure(series: Mapping[str, list[tuple[float, Comparison]]], *, xlabel
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(frameon=False, fontsize=8)
+        if series:
+            ax.legend(frameon=False, fontsize=8)
     return fig
 
 
