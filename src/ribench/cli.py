@@ -1,14 +1,23 @@
-"""The ``ribench`` command. Thin: parses arguments, then calls the layers."""
+"""The ``ribench`` command. Thin: parses arguments, then calls the layers.
+
+Only what ``ribench --help`` needs anyway (the core, which brings torch) is imported at the
+top; each command imports the layers it calls (the engine, reports, data), which would
+otherwise add about a second to every command, ``--help`` included.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import fnmatch
 import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .core.errors import RibenchError
+from .core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS, SUITES
+from .core.runtime import resolve_device
 from .presets import PRESETS
 
 
@@ -19,27 +28,35 @@ def _run_options(a: argparse.Namespace, retry_failed: bool = False):
                       address=a.address, quiet=a.quiet, retry_failed=retry_failed)
 
 
-def _cmd_run(a: argparse.Namespace) -> int:
-    from .engine import load_preset, load_spec
+def _given_spec(a: argparse.Namespace):
+    """The spec file named on the command line, else the --preset."""
+    from .engine.spec import load_preset, load_spec
 
-    spec = load_spec(a.spec) if a.spec else load_preset(a.preset)
-    spec = spec.with_overrides(device=a.device, seeds=[a.seed] if a.seed is not None else None,
-                               trust_checkpoint=a.trust_checkpoint or None, threads=a.threads)
+    return load_spec(a.spec) if a.spec else load_preset(a.preset)
+
+
+def _stored_spec(run_dir: str):
+    """The spec a run folder was made with (its spec.json)."""
+    from .engine.spec import parse_spec
+
+    spec_path = Path(run_dir) / "spec.json"
+    if not spec_path.is_file():
+        raise RibenchError(f"{run_dir} holds no run (no spec.json); start one with `ribench run --out {run_dir}`")
+    return parse_spec(json.loads(spec_path.read_text()), source=str(spec_path))
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    spec = _given_spec(a).with_overrides(device=a.device, seeds=[a.seed] if a.seed is not None else None,
+                                         trust_checkpoint=a.trust_checkpoint or None, threads=a.threads)
     return _execute(spec, Path(a.out or f"runs/{spec.name}"), a, retry_failed=False)
 
 
 def _cmd_retry(a: argparse.Namespace) -> int:
-    from .engine import parse_spec
-
-    spec_path = Path(a.dir) / "spec.json"
-    if not spec_path.is_file():
-        raise RibenchError(f"{a.dir} holds no run (no spec.json); start one with `ribench run --out {a.dir}`")
-    spec = parse_spec(json.loads(spec_path.read_text()), source=str(spec_path)).with_overrides(threads=a.threads)
-    return _execute(spec, Path(a.dir), a, retry_failed=True)
+    return _execute(_stored_spec(a.dir).with_overrides(threads=a.threads), Path(a.dir), a, retry_failed=True)
 
 
 def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
-    from .engine import run
+    from .engine.runner import run
     from .report import print_summary
 
     opts = _run_options(a, retry_failed)
@@ -64,14 +81,12 @@ def _write_reports(out: Path):
 
 
 def _cmd_predict(a: argparse.Namespace) -> int:
-    from .engine import load_preset, load_spec, run
-    from .engine.runner import RunOptions
+    from .engine.runner import RunOptions, run
     from .report.export import results_rows
     from .report.markdown import _md
     from .report.prediction import prediction_notes, ranking_tables
 
-    spec = load_spec(a.spec) if a.spec else load_preset(a.preset)
-    spec = spec.with_overrides(device=a.device)
+    spec = _given_spec(a).with_overrides(device=a.device)
     out = Path(a.out or f"runs/{spec.name}")
     res = run(spec, out, options=RunOptions(quiet=a.quiet, kinds=("pretrain", "analysis")))
     rows = results_rows(out)
@@ -86,14 +101,12 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
 
 def _cmd_status(a: argparse.Namespace) -> int:
-    from .engine import parse_spec
     from .engine.runner import plan_run
     from .report.markdown import open_store
 
     store = open_store(a.dir)
     try:
-        spec_path = Path(a.dir) / "spec.json"
-        keys = [c.key for c in plan_run(parse_spec(json.loads(spec_path.read_text()), source=str(spec_path)))[1]]
+        keys = [c.key for c in plan_run(_stored_spec(a.dir))[1]]
         status = store.statuses()
         running = store.live_claims(stale_after=120.0)
         failed = store.cells("failed")
@@ -116,33 +129,25 @@ def _cmd_status(a: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(a: argparse.Namespace) -> int:
-    import time
-
-    from .core.registry import MODELS
-    from .core.runtime import derive_seed, resolve_device, seed_everything
     from .data import build_suite
     from .models.checkpoint import save_model
-    from .models.pretrain import PretrainConfig, get_recipe, pretrain
+    from .models.pretrain import PretrainConfig, get_recipe, pretrain_backbone
 
-    get_recipe(a.recipe)
+    get_recipe(a.recipe)  # an unknown recipe fails before the suite is built
     suite = build_suite(a.suite, seed=a.data_seed)
-    device = resolve_device(a.device)
-    seed_everything(derive_seed("init", a.seed, a.backbone, a.recipe))
-    model = MODELS.create(a.backbone, num_classes=suite.num_classes).to(device)
-    t0 = time.perf_counter()
-    pretrain(model, suite, a.recipe, PretrainConfig(epochs=a.epochs), derive_seed("pretrain", a.seed, a.backbone, a.recipe))
+    model, info = pretrain_backbone(a.backbone, suite, a.recipe, PretrainConfig(epochs=a.epochs), a.seed,
+                                    resolve_device(a.device))
     out = Path(a.out or f"{a.backbone}-{a.recipe}.safetensors")
     save_model(model.cpu(), out, {"suite": suite.name, "recipe": a.recipe})
-    print(f"pretrained {a.backbone} ({a.recipe}) in {time.perf_counter() - t0:.1f} s -> {out}")
+    print(f"pretrained {a.backbone} ({a.recipe}) in {info['train_seconds']:.1f} s -> {out}")
     return 0
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
-    import dataclasses
-
     from . import analysis, data, methods, models  # noqa: F401  (registration)
-    from .core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS, SUITES
+    from .data.suites import suite_data_state
     from .methods.base import describe_config
+    from .models.external import presets
 
     reg = {"models": MODELS, "methods": METHODS, "suites": SUITES, "estimators": ESTIMATORS,
            "corruptions": CORRUPTIONS}[a.what]
@@ -155,18 +160,12 @@ def _cmd_list(a: argparse.Namespace) -> int:
             item["requires"] = list(obj.requires)
             item["params"] = describe_config(obj.Config) if dataclasses.is_dataclass(obj.Config) else []
         if a.what == "suites":
-            from .data.suites import suite_data_state
-
             item["data"] = suite_data_state(name, getattr(a, "root", None))
         if a.what == "models":
             made = getattr(obj, "__module__", "").startswith("ribench.methods")
             item["kind"] = "adapted (made by a method)" if made else "built-in backbone"
         items.append(item)
     if a.what == "models":  # outside backbones by preset name (docs/backbones.md)
-        import fnmatch
-
-        from .models.external import presets
-
         items += [{"name": n, "description": p.get("description", ""), "kind": "preset (outside backbone)",
                    "source": p.get("source")} for n, p in presets().items() if fnmatch.fnmatch(n, a.filter)]
     if a.format == "json":
@@ -256,7 +255,6 @@ def _cmd_data_verify(a: argparse.Namespace) -> int:
 
 
 def _cmd_data_show_corruptions(a: argparse.Namespace) -> int:
-    from .core.registry import CORRUPTIONS
     from .data import build_suite
     from .data.show import save_corruption_grid
 
