@@ -23,16 +23,14 @@ Markdown report.
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from . import aggregate as agg
 from .guide import GUIDE
 from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
-from .prediction import prediction_notes, prediction_tables
+from .prediction import prediction_section
 from .rundata import RunData, RunSource, as_run
 from .tables import Cell, Table, backbone_names, cell_label, diagnostics_table, merged_table, summary_table
 
@@ -137,7 +135,7 @@ def table_html(t: Table, table_id: str | None = None) -> str:
         cls = t.row_classes[i] if i < len(t.row_classes) else ""
         body.append(f"<tr{_attrs(cls=cls)}>" + "".join(_cell_html(v, j < t.label_columns) for j, v in enumerate(r))
                     + "</tr>")
-    return (f'<div class="table-wrap"><table class="sortable" id="{table_id or t.table_id}"><thead><tr>{head}</tr>'
+    return (f'<div class="table-wrap"><table{_attrs(cls="sortable", id=table_id or t.table_id)}><thead><tr>{head}</tr>'
             f"</thead><tbody>{''.join(body)}</tbody></table></div>")
 
 
@@ -150,17 +148,18 @@ def summary_html(run: RunData) -> str:
 
 
 def prediction_html(run: RunData) -> str:
-    """The tables of "Did the prediction hold?", the very ones report.md shows
-    (``prediction.prediction_tables``), and the note on predictors that rank no model."""
+    """"Did the prediction hold?" as report.md shows it (``prediction.prediction_section``):
+    each scope's summary table, its per-group table folded, the notes, the rankings folded;
+    "" when the run has no analysis rows."""
+    section = prediction_section(run.rows)
+    if section is None:
+        return ""
     parts = []
-    for scope in agg.SCOPES:
-        tables = prediction_tables(run.rows, scope)
-        if tables is None:
-            continue
-        summary, detail = tables
+    for summary, detail in zip(section.tables[::2], section.tables[1::2]):
         parts.append(f"<h3>{escape(summary.title)}</h3>" + table_html(summary))
         parts.append(f"<details><summary>{escape(detail.title)}</summary>" + table_html(detail) + "</details>")
-    parts += [f'<p class="note">{escape(note)}</p>' for note in prediction_notes(run.rows)]
+    parts += [f'<p class="note">{escape(note)}</p>' for note in section.notes]
+    parts += [f"<details><summary>{escape(t.title)}</summary>{table_html(t)}</details>" for t in section.rankings]
     return "".join(parts)
 
 
@@ -232,15 +231,13 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
     for p in plots:
         by_section.setdefault(p.section, []).append(p)
     sections: list[tuple[str, str, str]] = [("summary", "Summary per method", summary_html(run))]
+    tables = {"predictors": prediction_html, "inside": diagnostics_html}  # sections with tables, as in report.md
     for sec in ("inheritance", "radar", "corruptions", "attacks", "predictors", "wise_ft", "inside"):
-        if sec not in by_section:
-            continue
-        body = f'<p class="note">{escape(GUIDE[sec])}</p>'
-        if sec == "predictors":
-            body += prediction_html(run)
-        if sec == "inside":
-            body += diagnostics_html(run)
-        sections.append((sec.replace("_", "-"), SECTIONS[sec], body + _figures(by_section[sec])))
+        body = tables[sec](run) if sec in tables else ""
+        if sec in by_section:
+            body += _figures(by_section[sec])
+        if body:
+            sections.append((sec.replace("_", "-"), SECTIONS[sec], f'<p class="note">{escape(GUIDE[sec])}</p>' + body))
     merged = merged_table(run.rows)
     if merged is not None:
         sections.append(("merged", "Merged models against the individually fine-tuned ones",

@@ -12,9 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from .aggregate import SCOPES
 from .guide import GUIDE, PREDICTION_GUIDE
-from .prediction import prediction_notes, prediction_tables, ranking_tables
+from .prediction import prediction_section
 from .rundata import FIGURES_DIR, RunData, RunSource, as_run, read_figure_index
 from .rundata import open_store  # noqa: F401  (`ribench status` opens the store through here)
 from .tables import (
@@ -37,19 +36,15 @@ def _md(t: Table) -> str:
 
 
 def prediction_markdown(rows: list) -> list[str]:
-    """The "Did the prediction hold?" section (the tables the HTML report shows too), or []
-    when the run has no analysis rows."""
-    across = [prediction_tables(rows, scope) for scope in SCOPES]
-    if across[0] is None:
+    """The "Did the prediction hold?" section (``prediction.prediction_section``, as the HTML
+    report shows it), or [] when the run has no analysis rows."""
+    section = prediction_section(rows)
+    if section is None:
         return []
-    parts = ["## Did the prediction hold?", "", PREDICTION_GUIDE, ""]
-    for tables in across:
-        if tables is not None:
-            parts += [_md(t) for t in tables]
-    for note in prediction_notes(rows):
+    parts = ["## Did the prediction hold?", "", PREDICTION_GUIDE, "", *(_md(t) for t in section.tables)]
+    for note in section.notes:
         parts += [note, ""]
-    parts += [_md(t) for t in ranking_tables(rows)]
-    return parts
+    return parts + [_md(t) for t in section.rankings]
 
 
 def figures_markdown(run: RunData) -> list[str]:

@@ -19,6 +19,8 @@ The ranking tables and the notes on predictors that rank no backbone come from
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from typing import Any
 
 from . import aggregate as agg
@@ -130,5 +132,24 @@ def ranking_tables(rows: list[dict[str, Any]]) -> list[Table]:
                  *(f"{v[p][0]:.3g} (#{v[p][1]})" if p in v else MISSING for p in ranks.predictors)]
                 for m, v in per_model.items()]
         out.append(Table(f"Task {task}: predictors before fine-tuning (rank 1 = predicted to transfer best)",
-                         ["backbone", "recipe", *ranks.predictors], body, label_columns=2))
+                         ["backbone", "recipe", *ranks.predictors], body, label_columns=2,
+                         table_id="ranking-" + re.sub(r"[^A-Za-z0-9_-]+", "-", str(task))))
     return out
+
+
+@dataclass(frozen=True)
+class PredictionSection:
+    """What "Did the prediction hold?" shows, in both reports: the (summary, per group)
+    tables of each scope with data, the notes, and the per-task ranking tables."""
+
+    tables: list[Table]
+    notes: list[str]
+    rankings: list[Table]
+
+
+def prediction_section(rows: list[dict[str, Any]]) -> PredictionSection | None:
+    """The section's content; None when the run has no test across tasks (no analysis rows)."""
+    across = [prediction_tables(rows, scope) for scope in agg.SCOPES]
+    if across[0] is None:
+        return None
+    return PredictionSection([t for pair in across if pair for t in pair], prediction_notes(rows), ranking_tables(rows))
