@@ -54,6 +54,9 @@ class EvalSpec(_Strict):
     batch_size: int = Field(512, gt=0)
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="held-out part of each task's train split")
     pretrain_sample: int = Field(1000, gt=0, description="images of pretraining data handed to methods")
+    max_per_set: int | None = Field(None, gt=0, description="evaluate at most this many images of each eval set: a "
+                                    "seeded, class-stratified subset, the same for every model (None: every image; "
+                                    "docs/scaling.md)")
 
 
 class AttackEntry(_Strict):
@@ -128,6 +131,13 @@ class RunSpec(_Strict):
     device: str = "auto"
     threads: int = Field(1, ge=1, le=1024, description="CPU threads every cell computes with, on every runner; "
                          "the numbers depend on it (docs/results.md, Reproducibility)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="arithmetic of training and evaluation: fp32, or bf16/fp16 autocast (mixed precision; "
+        "changes the numbers, docs/scaling.md)")
+    compile: bool = Field(False, description="run models through torch.compile (the same computation, compiled; "
+                          "results may differ in the last bits)")
+    loader_workers: int = Field(0, ge=0, le=256, description="worker processes reading batches through a torch "
+                                "DataLoader, in training and evaluation (0: in the cell's process; same numbers)")
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     attacks: list[AttackEntry] = Field(default_factory=list, description="adversarial evaluations of every model")
