@@ -33,7 +33,8 @@ def wilson_interval(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     z2 = z * z
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at 0 or n hits the bound is exactly 0 or 1 (the formula leaves a rounding residue)
+    return (0.0 if hits == 0 else max(0.0, centre - half)), (1.0 if hits == n else min(1.0, centre + half))
 
 
 def mask_logits(logits: torch.Tensor, class_subset: tuple[int, ...] | None) -> torch.Tensor:
