@@ -20,7 +20,7 @@ import torch
 
 from methods_helpers import perturbed
 from ribench.cli import main
-from ribench.core import InputSpec, rows
+from ribench.core import ConfigError, InputSpec, rows
 from ribench.core.registry import MODELS
 from ribench.engine import execute, executors, parse_spec, plan, run
 from ribench.engine import runner as runner_mod
@@ -197,10 +197,13 @@ def test_a_serial_run_builds_its_suite_once_and_hands_the_spec_over_as_it_is(tmp
     monkeypatch.setattr(spec_mod, "parse_spec", lambda *a, **k: parses.append(a) or real_parse(*a, **k))
     monkeypatch.setattr(executors, "execute_cell", lambda ctx, *a: contexts.append(ctx) or real_cell(ctx, *a))
     spec = parse_spec(SPEC)
-    res = run(spec, tmp_path, options=RunOptions(quiet=True))
+    res = run(spec, tmp_path, options=RunOptions(quiet=True, threads=2))  # an override is not a re-parse either
     assert res.ok and res.ran == 4
     assert len(builds) == 1 and parses == []
-    assert len(contexts) == 4 and all(ctx.spec is spec for ctx in contexts)
+    assert len(contexts) == 4 and all(ctx.spec is contexts[0].spec for ctx in contexts)
+    assert contexts[0].spec == spec.with_overrides(threads=2)
+    with pytest.raises(ConfigError, match="threads"):
+        RunOptions(threads=0)
 
 
 def test_outside_backbone_tables_are_parsed_once(tmp_path, tiny, monkeypatch):

@@ -78,6 +78,8 @@ class RunOptions:
             raise ConfigError("workers", "must be at least 1")
         if self.retries < 0:
             raise ConfigError("retries", "must be 0 or more")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise ConfigError("threads", "must be between 1 and 1024")
 
 
 @dataclass
@@ -200,7 +202,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     opts = options or RunOptions(quiet=quiet)
     quiet = opts.quiet or quiet
     if opts.threads:  # the same as the spec's `threads` (every runner computes each cell with it)
-        spec = spec.with_overrides(threads=opts.threads)
+        spec = spec.model_copy(update={"threads": opts.threads})
     t_start = time.perf_counter()
     out = Path(out_dir)
     device = resolve_device(spec.device)
