@@ -21,9 +21,15 @@ exact quota N n_c / n, never more images than it has.
 Within class c the images are a uniform draw: the first k_c of a ``torch.randperm`` of
 the class's rows, seeded with ``derive_seed("eval-subset", seed, name, c)`` (one
 generator per class, so a class's draw does not depend on the others).
+
+A process remembers the rows chosen for each labels tensor (weakly: forgotten with the
+tensor), so evaluating many models on the same sets chooses each subset once; a split's
+labels are never changed in place.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -56,6 +62,21 @@ def stratified_subset(labels: torch.Tensor, max_n: int, seed: int, name: str) ->
         raise ConfigError("eval.max_per_set", f"must be a positive integer, got {max_n!r}")
     if len(labels) <= max_n:
         return None
+    entry = _CHOSEN.get(id(labels))
+    if entry is None or entry[0]() is not labels:
+        entry = _CHOSEN[id(labels)] = (weakref.ref(labels, lambda _, i=id(labels): _CHOSEN.pop(i, None)), {})
+    known, key = entry[1], (max_n, seed, name)
+    if key not in known:
+        known[key] = _choose(labels, max_n, seed, name)
+    return known[key]
+
+
+# id(labels) -> (a weak reference to the labels tensor, {(max_n, seed, name): rows}); an entry
+# goes when its tensor does (tensors compare elementwise, so they cannot key a WeakKeyDictionary)
+_CHOSEN: dict[int, tuple[weakref.ref, dict[tuple[int, int, str], torch.Tensor]]] = {}
+
+
+def _choose(labels: torch.Tensor, max_n: int, seed: int, name: str) -> torch.Tensor:
     classes = torch.unique(labels).tolist()
     rows = [torch.nonzero(labels == c).flatten() for c in classes]
     take = proportional_allocation([len(r) for r in rows], max_n)
