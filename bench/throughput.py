@@ -9,7 +9,11 @@ For every backbone, on the same model, data and batch size, measured in the same
 - achieved GFLOP/s (forward FLOPs x 3 for training, x 1 for evaluation) next to this
   machine's fp32 matmul peak (a 1024^3 ``torch.mm`` timed here).
 
-Usage: python bench/throughput.py [--images 2048] [--backbones mlp,cnn,resnet,vit]
+``--precision bf16`` runs both sides under bf16 autocast (ribench through its
+``precision`` option, the plain loops through ``torch.autocast``); the peak stays fp32's.
+On a GPU machine, bench/gpu.py measures a ViT-B/16-sized model instead.
+
+Usage: python bench/throughput.py [--images 2048] [--backbones mlp,cnn,resnet,vit] [--precision fp32]
 The last line is a JSON object with the headline: the slowest ratio of ribench's
 training loop to the plain loop (1.0 = no overhead).
 """
@@ -44,19 +48,24 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def plain_train(model, x_float, y, batch_size, lr=1e-3):
+def autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def plain_train(model, x_float, y, batch_size, lr=1e-3, precision="fp32"):
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
     for i in range(0, len(y), batch_size):
-        loss = F.cross_entropy(model(x_float[i : i + batch_size]), y[i : i + batch_size])
+        with autocast(precision):
+            loss = F.cross_entropy(model(x_float[i : i + batch_size]), y[i : i + batch_size])
         opt.zero_grad()
         loss.backward()
         opt.step()
 
 
-def plain_eval(model, x_float, batch_size):
+def plain_eval(model, x_float, batch_size, precision="fp32"):
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast(precision):
         for i in range(0, len(x_float), batch_size):
             model(x_float[i : i + batch_size]).argmax(1)
 
@@ -66,7 +75,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--backbones", default="mlp,cnn,resnet,vit")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
+    p = a.precision
     torch.manual_seed(0)
     n, bs = a.images, a.batch_size
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8)
@@ -86,20 +97,23 @@ def main() -> None:
         # plain loops call the model on preprocessed input: embed + head
         plain_model = create_model(name, num_classes=10)
         plain_model.forward = lambda z, m=plain_model: m.head(m.embed(z))  # type: ignore[method-assign]
-        plain_train(plain_model, x_float[:bs], labels[:bs], bs)  # warm-up
-        t_plain = timed(lambda: plain_train(plain_model, x_float, labels, bs))
+        plain_train(plain_model, x_float[:bs], labels[:bs], bs, precision=p)  # warm-up
+        t_plain = timed(lambda: plain_train(plain_model, x_float, labels, bs, precision=p))
         cfg = TrainConfig(epochs=1, batch_size=bs)
-        train_classifier(model, split.subset(torch.arange(bs)), cfg, generator=torch.Generator().manual_seed(0))
-        t_ours = timed(lambda: train_classifier(model, split, cfg, generator=torch.Generator().manual_seed(0)))
+        train_classifier(model, split.subset(torch.arange(bs)), cfg, generator=torch.Generator().manual_seed(0),
+                         precision=p)
+        t_ours = timed(lambda: train_classifier(model, split, cfg, generator=torch.Generator().manual_seed(0),
+                                                precision=p))
         dom = {"bench": Domain("bench", split)}
-        e_plain = timed(lambda: plain_eval(plain_model, x_float, 512))
-        e_ours = timed(lambda: evaluate(model, dom, 512))
+        e_plain = timed(lambda: plain_eval(plain_model, x_float, 512, precision=p))
+        e_ours = timed(lambda: evaluate(model, dom, 512, precision=p))
         tr, tp, er, ep = n / t_ours, n / t_plain, n / e_ours, n / e_plain
         ratios[name] = tr / tp
         print(f"{name:<8} {tr:>12.0f} {tp:>8.0f} {tr / tp:>6.2f} {3 * fl * tr / 1e9:>8.2f} | "
               f"{er:>10.0f} {ep:>8.0f} {er / ep:>6.2f} {fl * er / 1e9:>8.2f}")
     worst = min(ratios, key=ratios.get)
     print(json.dumps({"metric": "train_throughput_ratio_vs_plain_loop (slowest backbone)", "backbone": worst,
+                      "precision": p,
                       "value": round(ratios[worst], 3), "reference": 1.0, "ratio": round(ratios[worst], 3),
                       "matmul_peak_gflops": round(peak, 1)}))
 
