@@ -29,6 +29,7 @@ ROWS = ([_row("ewc", t, s, "dR", v) for t in TASKS for s, v in enumerate(A[t])]
 def test_paired_difference_is_a_t_interval_over_tasks_of_seed_means():
     a, b = claims.seed_values(ROWS, "dR", method="ewc"), claims.seed_values(ROWS, "dR", method="ft")
     assert a == A and b == B
+    assert claims.seed_values(ROWS, "dR", method="ewc", seeds=[1]) == {t: [v[1]] for t, v in A.items()}
     c = claims.paired(a, b)
     d = np.array([np.mean(A[t]) - np.mean(B[t]) for t in TASKS])
     half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))

@@ -78,12 +78,14 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def seed_values(rows: Rows, metric: str, *, method: str, backbone: str | None = None, recipe: str | None = None,
-                eval_set: str = names.SUMMARY) -> dict[str, list[float]]:
+                eval_set: str = names.SUMMARY, seeds: Iterable[int] | None = None) -> dict[str, list[float]]:
     """task -> the values of ``metric`` on ``eval_set`` of every seed of ``method`` (NaN left out).
-    ``backbone``/``recipe`` None: any."""
+    ``backbone``/``recipe``/``seeds`` None: any."""
+    keep = set(seeds) if seeds is not None else None
     out: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         if (r["method"] == method and r["eval_set"] == eval_set and r["metric"] == metric
+                and (keep is None or r["seed"] in keep)
                 and (backbone is None or r["backbone"] == backbone) and (recipe is None or r["recipe"] == recipe)
                 and r["value"] is not None and math.isfinite(r["value"])):
             out[r["task"]].append(float(r["value"]))
