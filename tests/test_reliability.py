@@ -484,3 +484,13 @@ def test_local_ray_cluster_listens_on_loopback_only(tmp_path, monkeypatch):
         import shutil
 
         shutil.rmtree(short, ignore_errors=True)
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and the whole package (about 5 s on 2 busy cores)
+def test_a_fresh_worker_process_imports_the_engine_with_plugins_that_import_methods():
+    """A spawned pool worker's first import is the engine; the plugins it loads on the way (here one
+    that registers methods) must find methods/ and models/ whole."""
+    env = {**os.environ, "RIBENCH_PLUGINS": "tiny_suite,worker_faults"}
+    r = subprocess.run([sys.executable, "-c", "import ribench.engine.executors; from ribench.core.registry import "
+                        "METHODS; assert 'kills_worker' in METHODS"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -44,14 +44,18 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..analysis.transferability import list_estimators
 from ..core import rows
 from ..core.errors import ConfigError, RibenchError, UnknownNameError
 from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS
-from ..evaluate.attacks import check_attack
-from ..methods.base import Method
+
+# in the layers' order (DESIGN.md): the data layer, which models/ imports first, queries the
+# registries when it loads, and so loads the plugins (RIBENCH_PLUGINS); a plugin that imports
+# methods/ fails if methods/ or models/ is then half-imported, as it is when analysis/ comes first
 from ..models import external
 from ..models.pretrain import get_recipe
+from ..methods.base import Method
+from ..evaluate.attacks import check_attack
+from ..analysis.transferability import list_estimators
 from .spec import RunSpec
 
 EVAL_VERSION = "3"  # 3: mCE against the reference's errors at the evaluated severities; NaN metrics fail
