@@ -5,8 +5,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/quick
+# The extras lane: its own venv with a torch/torchvision pair that imports together (a large
+# CUDA build that also runs on the CPU) and timm, for the tests of real timm backbones.
+EXTRAS_VENV ?= .venv-extras
+EXTRAS_PY   := $(EXTRAS_VENV)/bin/python
+EXTRAS_STAMP := $(EXTRAS_VENV)/.installed
 
-.PHONY: demo test test-all bench clean setup
+.PHONY: demo test test-all test-extras bench clean setup
 
 setup: $(STAMP)
 
@@ -28,8 +33,18 @@ test-all: $(STAMP)
 	sh scripts/ensure-browser.sh
 	$(PY) -m pytest -q -m "slow or not slow"
 
+$(EXTRAS_STAMP): pyproject.toml
+	test -x $(EXTRAS_PY) || $(PYTHON) -m venv $(EXTRAS_VENV)
+	$(EXTRAS_PY) -m pip install -q --upgrade pip
+	$(EXTRAS_PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(EXTRAS_PY) -m pip install -q -e ".[test,timm]"
+	touch $(EXTRAS_STAMP)
+
+test-extras: $(EXTRAS_STAMP)
+	RIBENCH_EXTRAS=1 $(EXTRAS_PY) -m pytest -q -m "extras or not slow" tests/test_timm.py tests/test_external_models.py
+
 bench: $(STAMP)
 	$(PY) bench/throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(EXTRAS_VENV) runs .pytest_cache
