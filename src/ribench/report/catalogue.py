@@ -15,7 +15,6 @@ numbers, ``tables`` lays them out.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..core import rows as names
@@ -25,6 +24,7 @@ MISSING = "–"  # a cell without a value
 ONE_RUN = "n/a: one run"  # in place of an interval over a single (task, seed) run
 TOO_FEW = "too few to tell"  # in place of an interval and p-value that too few units cannot support
 M0_LABEL = "m0 (pretrained)"
+OWN_TASK_MARK = "*"  # before an inheritance table's cell of the fine-tuning task itself
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,3 @@ def method_label(method: str) -> str:
     """A method as the reports name it: m0 is ``"m0 (pretrained)"``."""
     return M0_LABEL if method == names.PRETRAINED else method
 
-
-def finite(x: float | None) -> bool:
-    return x is not None and math.isfinite(x)

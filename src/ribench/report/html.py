@@ -1,7 +1,10 @@
 """A self-contained HTML report of a run: one file, no network needed to open it.
 
 CSS, JavaScript (a small table sorter) and every plot (SVG) are inline; the page loads
-nothing else. Sections, each left out when the run has no data for it:
+nothing else. The tables are those of ``tables`` and ``prediction``, the very ones
+report.md prints (a ``tables.Cell`` gives its text, and the number behind it as the
+cell's ``data-value``, the sort key); the guides are ``guide``'s. Sections, each left out
+when the run has no data for it:
 
 1. summary per (backbone, recipe, method): mean and 95% t-interval over (task, seed) runs, sortable;
 2. inheritance matrices (heatmaps of the change from m0) per method;
@@ -10,7 +13,7 @@ nothing else. Sections, each left out when the run has no data for it:
 5. robust accuracy under attack (when attack rows exist);
 6. did the prediction hold: OTDD and transferability scores against ID acc, ΔR and ΔP,
    Spearman's ρ per group of independent units, with intervals and permutation p-values
-   (``prediction.prediction_tables``, the same tables as report.md; when analysis rows exist);
+   (``prediction.prediction_section``, as in report.md; when analysis rows exist);
 7. WiSE-FT curves (when curve rows exist);
 8. what changed inside the models: diagnostics per method and CKA by layer (diagnose rows);
 9. merged models against the individually fine-tuned ones (normalised accuracy);

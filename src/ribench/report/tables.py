@@ -22,7 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import aggregate as agg
-from .catalogue import DIAGNOSTICS, MISSING, ONE_RUN, PERCENT, POINTS, SUMMARY_METRICS, Metric, Unit, method_label
+from .catalogue import (
+    DIAGNOSTICS,
+    MISSING,
+    ONE_RUN,
+    OWN_TASK_MARK,
+    PERCENT,
+    POINTS,
+    SUMMARY_METRICS,
+    Metric,
+    Unit,
+    method_label,
+)
 
 INTERVAL, SD, NONE = "interval", "sd", "none"  # the spread a cell shows after its mean
 
@@ -138,7 +149,7 @@ def _accuracy_cell(acc: float, base: float = math.nan, own: bool = False) -> Cel
     if not math.isfinite(acc):
         return Cell(MISSING)
     change = f"({POINTS.text(acc - base)})" if math.isfinite(base) else ""
-    return Cell(("*" if own else "") + PERCENT.text(acc), change, PERCENT.shown(acc))
+    return Cell((OWN_TASK_MARK if own else "") + PERCENT.text(acc), change, PERCENT.shown(acc))
 
 
 def merged_table(rows: list[dict[str, Any]]) -> Table | None:
