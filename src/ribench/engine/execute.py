@@ -28,7 +28,7 @@ from ..analysis.cellmetrics import seeded_sample, task_predictors
 from ..core.errors import CheckpointError, RibenchError
 from ..core.registry import METHODS
 from ..core.rows import SUMMARY
-from ..core.runtime import derive_seed, fixed_threads, seed_everything
+from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
 from ..core.types import Domain, Split, Suite
 from ..data import build_suite, corrupt
 from ..evaluate import evaluate, summarize
@@ -77,8 +77,12 @@ class Workspace:
     _corrupted: dict[str, tuple] = field(default_factory=dict)
 
     def run_cell(self, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
-        """Run ``cell`` with the spec's thread count, the same on every runner (its numbers depend on it)."""
-        with fixed_threads(self.spec.threads):
+        """Run ``cell`` with the spec's thread count, the same on every runner (its numbers depend
+        on it), and its compute options: the precision its key holds (``plan.compute_key``),
+        the spec's ``compile`` and ``loader_workers``."""
+        options = ComputeOptions(precision=cell.config.get("precision", "fp32"), compile=self.spec.compile,
+                                 loader_workers=self.spec.loader_workers)
+        with fixed_threads(self.spec.threads), compute_options(options):
             return CELL_RUNNERS[cell.kind](self, cell, deps, progress)
 
     # --- models by key, the most recently used kept in memory ---------------------
@@ -100,7 +104,8 @@ class Workspace:
 
     # --- data -----------------------------------------------------------------
     def evaluate_all(self, model: Model, progress: Progress) -> Metrics:
-        return evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, progress)
+        return evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, progress,
+                        max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
 
     def with_corruptions(self, keys: tuple[str, ...]) -> "Workspace":
         """This workspace over a suite whose corruption sets are the engine-made ``keys`` (none: as it is)."""

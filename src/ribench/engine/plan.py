@@ -283,7 +283,8 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
             labels = {**base, "method": name, "task": task_label, "seed": seed_label}
             a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task_label, "seed": seed_label,
                                   "combines": m.combines, "ingredients": ingredients,
-                                  "val_fraction": spec.eval.val_fraction, "pretrain_sample": spec.eval.pretrain_sample},
+                                  "val_fraction": spec.eval.val_fraction, "pretrain_sample": spec.eval.pretrain_sample,
+                                  **compute_key(spec)},
                         {"pretrained": p.key, "ingredients": tuple(deps)}, labels, version=m.version)
             ev_config, refs = dict(eval_config), ()
             if m.combines == "tasks":
@@ -352,8 +353,24 @@ def _pretrain_cells(spec: RunSpec, backbone: Any, entry: Any, suite_id: dict[str
         rec = get_recipe(recipe)
         base = {"backbone": backbone, "recipe": recipe}
         out.append((base, Cell("pretrain", {"suite": suite_id, "backbone": backbone, "recipe": recipe,
-                                            "recipe_version": rec.version, "pretrain": pt},
+                                            "recipe_version": rec.version, "pretrain": pt, **compute_key(spec)},
                                (), base, version=str(model_version))))
+    return out
+
+
+def compute_key(spec: RunSpec) -> dict[str, Any]:
+    """What the spec's compute options add to the config of every cell that trains: the
+    precision when it is not fp32 (its numbers differ), nothing with the defaults, so keys of
+    earlier runs hold. ``compile`` and ``loader_workers`` stay out of keys: the DataLoader
+    path gives the same bits, and compiling moves only the last bits, as ``threads`` does."""
+    return {} if spec.precision == "fp32" else {"precision": spec.precision}
+
+
+def eval_key(spec: RunSpec) -> dict[str, Any]:
+    """``compute_key`` plus ``[eval] max_per_set`` when set: what enters every evaluate cell's config."""
+    out = compute_key(spec)
+    if spec.eval.max_per_set is not None:
+        out["max_per_set"] = spec.eval.max_per_set
     return out
 
 
@@ -379,7 +396,7 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
     analysis = {**spec.analysis.model_dump(), "estimators": estimator_versions(spec)} if spec.analysis.enabled else {}
     for i, backbone in enumerate(spec.backbones):
         for base, p in _pretrain_cells(spec, backbone, outside.get(i), suite_id, pt):
-            e0 = Cell.of("eval_pretrained", {"suite": suite_id, "attacks": attacks},
+            e0 = Cell.of("eval_pretrained", {"suite": suite_id, "attacks": attacks, **eval_key(spec)},
                          {"model": p.key, "corruptions": ckeys}, {**base, "method": rows.PRETRAINED},
                          version=EVAL_VERSION)
             cells += [p, e0]
@@ -398,15 +415,16 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
                         labels = {**base, "method": name, "task": task, "seed": seed}
                         a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task, "seed": seed,
                                               "val_fraction": spec.eval.val_fraction,
-                                              "pretrain_sample": spec.eval.pretrain_sample},
+                                              "pretrain_sample": spec.eval.pretrain_sample, **compute_key(spec)},
                                     {"pretrained": p.key, "requires": tuple(adapted[r].key for r in m.requires)},
                                     labels, version=m.version)
                         adapted[name] = a
-                        ev_config, extra = _extra_evaluation(m, adapted, {"suite": suite_id, "attacks": attacks})
+                        ev_config, extra = _extra_evaluation(m, adapted, {"suite": suite_id, "attacks": attacks,
+                                                                          **eval_key(spec)})
                         ev = _evaluate_cell(ev_config, a, (p, e0), ckeys, labels, extra=extra)
                         cells += [a, ev]
                         index[(name, task, seed)] = (a, ev)
             cells += combined_cells(spec, methods, order, task_names, base, (p, e0), ckeys, index,
-                                    {"suite": suite_id, "attacks": attacks})
+                                    {"suite": suite_id, "attacks": attacks, **eval_key(spec)})
     cells += diagnose_cells(spec, cells, task_names, suite_id)
     return cells

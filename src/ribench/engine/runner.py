@@ -214,7 +214,9 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     store = ResultsStore(out / "results.sqlite")
     store.record_run(spec.model_dump(), {**environment(device), "suite": suite_layout(suite, cells),
                                          "runner": opts.runner, "workers": str(opts.workers),
-                                         "threads_per_cell": str(spec.threads)})
+                                         "threads_per_cell": str(spec.threads),
+                                         "precision": spec.precision, "compile": str(spec.compile),
+                                         "loader_workers": str(spec.loader_workers)})
     ctx = WorkerContext(spec, str(out.resolve()), str(device))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
