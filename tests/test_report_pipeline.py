@@ -301,3 +301,41 @@ def test_ribench_run_reports_from_one_read(run_dir, store_opens, no_figures, mon
     printed = capsys.readouterr().out
     assert "Summary (accuracies in %, mean over tasks and seeds)" in printed and "report.html" in printed
     assert all((out / f).stat().st_mtime_ns > t for f, t in before.items())
+
+
+# --- one place for a new summary metric ------------------------------------------------------
+def test_a_metric_added_to_the_catalogue_appears_in_every_report(tmp_path, monkeypatch):
+    """One ``Metric`` entry in ``catalogue.SUMMARY_METRICS`` and nothing else: report.md and
+    report.html (column, tooltip, reading guide), the console table and the leaderboard show it."""
+    from ribench.report import catalogue
+    from ribench.report.leaderboard import write_leaderboard
+
+    make_run(tmp_path, ["b0"], ["t0", "t1"], ["ft"], seeds=(0,))
+    store = ResultsStore(tmp_path / "results.sqlite")
+    for i, t in enumerate(("t0", "t1")):
+        store.finish_cell(f"extra-{t}", "evaluate", {"backbone": "b0", "recipe": "narrow", "method": "ft", "task": t,
+                                                     "seed": 0}, {}, time.time(), {names.SUMMARY: {"sharpness": 0.25 + 0.5 * i}})
+    store.close()
+    new = catalogue.Metric("sharpness", "sharp", catalogue.PERCENT, catalogue.LOWER, "a new number (%)", console=True,
+                           board="sharpness_pct")
+    monkeypatch.setattr(catalogue, "SUMMARY_METRICS", (*catalogue.SUMMARY_METRICS, new))
+
+    html, md, run = write_reports(tmp_path, figures=False)
+    md, html = md.read_text(), html.read_text()
+    headers = md_headers(md, "Summary (")
+    ft = {tuple(r[:3]): r for r in md_table(md, "Summary (")}[("b0", "narrow", "ft")]
+    assert ft[headers.index("sharp")].startswith("50.0 [")  # mean of 25 % and 75 %, with its interval
+    assert "- *sharp*: a new number (%); lower is better" in md
+    assert '<th title="a new number (%); lower is better">sharp</th>' in html
+    row = {tuple(t for t, _ in r[:3]): r for r in html_values(html, "summary-table")}[("b0", "narrow", "ft")]
+    assert float(row[headers.index("sharp")][1]) == pytest.approx(50.0)
+    console = Console(file=io.StringIO(), width=400)
+    print_summary(run, console)
+    text = console.file.getvalue()
+    console_headers = [c.strip() for c in next(ln for ln in text.splitlines() if "backbone" in ln).strip("┃").split("┃")]
+    ft_console = next(r for r in console_rows(text) if r[2] == "ft")
+    assert ft_console[console_headers.index("sharp")] == "50.0"
+    _, mp = write_leaderboard(run)
+    doc = leaderboard(run)
+    assert doc["entries"][0]["sharpness_pct"] == 50.0 and doc["units"]["sharpness_pct"] == "% (lower is better)"
+    assert "| sharp % |" in mp.read_text()

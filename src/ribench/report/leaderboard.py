@@ -21,19 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from . import aggregate as agg
-from .catalogue import LOWER, MISSING, SUMMARY_METRICS, Metric
+from . import catalogue
+from .catalogue import LOWER, MISSING, Metric
 from .rundata import RunSource, as_run
 
 SORT_KEY = ("ood_robustness desc", "clean_acc desc", "model asc")
-FIELDS: tuple[Metric, ...] = tuple(m for m in SUMMARY_METRICS if m.board)  # in catalogue order
-UNITS = {m.board: m.unit.name + (" (lower is better)" if m.direction == LOWER else "") for m in FIELDS}
 COUNTS = (("n_tasks", "tasks"), ("n_seeds", "seeds"))
+
+
+def board_metrics() -> list[Metric]:
+    """The summary metrics on the leaderboard (those with a ``board`` name), in catalogue order."""
+    return [m for m in catalogue.SUMMARY_METRICS if m.board]
+
+
+def units() -> dict[str, str]:
+    """field -> its unit, and "(lower is better)" where lower is better."""
+    return {m.board: m.unit.name + (" (lower is better)" if m.direction == LOWER else "") for m in board_metrics()}
 
 
 def _fields(stats: dict[str, agg.Stat], reference: bool = False) -> dict[str, float | int]:
     """The leaderboard fields of one summary (``reference``: those listed for m0, no spread)."""
     out: dict[str, float | int] = {}
-    for m in FIELDS:
+    for m in board_metrics():
         s = stats.get(m.name)
         if s is None or s.n == 0 or not math.isfinite(s.mean) or (reference and not m.reference):
             continue
@@ -62,7 +71,7 @@ def leaderboard(source: RunSource) -> dict[str, Any]:
     run = as_run(source)
     entries, refs = leaderboard_entries(run.rows)
     return {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
-            "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": UNITS,
+            "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
             "entries": entries, "pretrained": refs}
 
 
@@ -79,7 +88,7 @@ def _cell(e: dict[str, Any], m: Metric) -> str:
 def leaderboard_markdown(doc: dict[str, Any]) -> str:
     """A Markdown table of the entries (columns without data left out) and a note on sorting."""
     entries = doc["entries"]
-    fields = [m for m in FIELDS if any(m.board in e for e in entries)]
+    fields = [m for m in board_metrics() if any(m.board in e for e in entries)]
     headers = ["rank", "model", *(m.board_column for m in fields), *(h for _, h in COUNTS)]
     lines = [f"Leaderboard of `{doc['run']}` (suite `{doc['suite']}`): sorted by OOD robustness R, then clean "
              "(ID) accuracy; mean ± std over tasks and seeds; ΔR and ΔP in points against the pretrained model.", "",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from . import aggregate as agg
+from . import catalogue
 from .catalogue import (
     DIAGNOSTICS,
     MISSING,
@@ -29,7 +30,6 @@ from .catalogue import (
     OWN_TASK_MARK,
     PERCENT,
     POINTS,
-    SUMMARY_METRICS,
     Metric,
     Unit,
     method_label,
@@ -97,7 +97,7 @@ def shown_metrics(summaries: Iterable[agg.MethodSummary], compact: bool = False)
     """The summary's metric columns: the protocol's own (``always``) and every other with a
     value in some row; ``compact``: the console's (``console``) among them."""
     present = {m for s in summaries for m, st in s.stats.items() if st.n}
-    return [m for m in SUMMARY_METRICS if (m.always or m.name in present) and (not compact or m.console)]
+    return [m for m in catalogue.SUMMARY_METRICS if (m.always or m.name in present) and (not compact or m.console)]
 
 
 def summary_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
