@@ -7,7 +7,10 @@ once per session into a temporary RIBENCH_CACHE. Version 2 is tested in test_dig
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,20 +19,27 @@ import pytest
 import torch
 
 from ribench.core import CORRUPTIONS, SUITES, ConfigError, DataError, UnknownNameError
+from ribench.core.types import Split
 from ribench.data import build_suite, corrupt, save_domain_grid
 from ribench.data.suites import digits as digits_mod
-from ribench.data.cache import cache_root, data_cache_dir, load_tensors, save_tensors
+from ribench.data.cache import cache_root, data_cache_dir, load_metadata, load_tensors, save_tensors
 from ribench.data.corruptions import BLUR_SIGMAS_32PX, CONTRAST_FACTORS, NOISE_SIGMAS, ROTATE_DEGREES
 from ribench.data.render import ALL_FONTS, TASK_FONTS, glyph_atlas, render_digits
 from ribench.data.show import grid_rows
 
 V1 = {"version": 1}
 V1_CORRUPTIONS = digits_mod.layout(1).CORRUPTIONS
-# sha256 of every tensor of the version 1 build (sorted by name; name, shape, dtype, bytes),
-# computed from the build before version 2 existed; seed -> digest
-V1_DIGESTS = {
-    0: "8e147bbbe65b7105d01b3aeaaf60ee6bad6e26ab082aac75afdbc0f7f54f5857",
-    1: "bd8760d2a8e4af098ac2a6798050ec09279b042a44d1a291670646557db56956",
+# sha256 of every tensor of a version 1 build (``tensors_digest``), by the inputs digest of the
+# build (``digits.inputs_digest(1)``): inputs digest -> {seed: data digest}. Recorded on x86-64 with
+# torch 2.13.0+cpu (AVX2 or AVX-512 kernels), NumPy 2.4.6, Pillow 13.0.0, matplotlib 3.11.2.
+# The first build of version 1 (before version 2 existed) gave 8e147bbbe65b7105... for seed 0 and
+# bd8760d2a8e4af09... for seed 1 from inputs that were not recorded; no inputs tried here rebuild
+# them (docs/datasets.md, "Reproducibility of the built-in data").
+V1_RECORDED = {
+    "f7891248dd6429aff0ce07ec8b6f54c419849d84b154fc9f50f8c3e9d61b3811": {
+        0: "0b2a5085c321c8b9d23bb95911f69daf56eddbc222488377aaa0ef1d67c87123",
+        1: "10b1ae203bcf912854b1a86224476dcbd9023565c8626f051e7c2965ced61eb5",
+    },
 }
 
 # domain -> (train size or None, test size, channels)
@@ -111,7 +121,8 @@ def test_suite_layout(suite):
     assert suite.pretrain.name == "mnist"
     assert list(suite.tasks) == ["uci", "fonts", "mnistm"]
     assert list(suite.aux) == ["rendered"]
-    assert suite.version == "1"
+    inputs = digits_mod.inputs_digest(1)
+    assert suite.inputs_digest == inputs and suite.version == f"1+i{inputs[:16]}"  # v1 has no reference inputs
     assert set(suite.eval_sets) == {"handdrawn", *V1_CORRUPTIONS}
     assert len(suite.corruptions) == 20
     assert suite.corruptions["mnist-c/rotate/3"] == ("rotate", 3)
@@ -263,12 +274,24 @@ def test_cache_location(cache_env):
     assert cache_root() == Path(cache_env)
     assert data_cache_dir() == Path(cache_env) / "data"
     path = digits_mod.cache_path(0, version=1)
-    assert path.parent == Path(cache_env) / "data" and path.name == "digits-v1-seed0.safetensors"
+    name = f"digits-v1-seed0-i{digits_mod.inputs_digest(1)[:16]}.safetensors"
+    assert path.parent == Path(cache_env) / "data" and path.name == name
     assert path.is_file()
 
 
-def test_version1_is_bit_identical_to_its_first_build(suite):
-    assert tensors_digest(load_tensors(digits_mod.cache_path(0, version=1))) == V1_DIGESTS[0]
+def check_recorded(suite, path, seed):
+    """The build from recorded inputs is bit-identical to the recorded data; a build from
+    other inputs says so in its version and cache file name, and records its inputs."""
+    inputs = digits_mod.inputs_digest(1)
+    assert suite.inputs_digest == inputs and load_metadata(path)[digits_mod.INPUTS_DIGEST_KEY] == inputs
+    assert json.loads(load_metadata(path)[digits_mod.INPUTS_KEY]) == digits_mod.inputs(1)
+    assert suite.version == f"1+i{inputs[:16]}" and path.name.endswith(f"-i{inputs[:16]}.safetensors")
+    if inputs in V1_RECORDED:
+        assert tensors_digest(load_tensors(path)) == V1_RECORDED[inputs][seed]
+
+
+def test_version1_is_bit_identical_for_its_recorded_inputs(suite):
+    check_recorded(suite, digits_mod.cache_path(0, version=1), 0)
 
 
 def test_cache_hit_is_fast_and_identical(suite, monkeypatch):
@@ -292,6 +315,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_corrupt_cache_raises_and_is_rebuilt_identically(suite, tmp_path):
+    """Also the build-twice test: a second build in this process gives the same bytes."""
     path = digits_mod.cache_path(0, tmp_path, version=1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00garbage, not safetensors")
@@ -301,6 +325,43 @@ def test_corrupt_cache_raises_and_is_rebuilt_identically(suite, tmp_path):
         rebuilt = build_suite("digits", seed=0, cache_dir=str(tmp_path), options=V1)
     assert_suites_equal(suite, rebuilt)  # a fresh build with the same seed is identical
     assert load_tensors(path)  # and the file is valid again
+
+
+def test_cache_of_other_inputs_is_rebuilt(suite, tmp_path, monkeypatch):
+    """A cache file that records other inputs is not used; one without a record (written
+    before inputs were recorded) is used only under a reference name, and v1 has none."""
+    good = load_tensors(digits_mod.cache_path(0, version=1))
+    path = digits_mod.cache_path(0, tmp_path, version=1)
+    save_tensors(path, {k: torch.zeros_like(v) for k, v in good.items()}, {digits_mod.INPUTS_DIGEST_KEY: "0" * 64})
+    built = []
+
+    def build_from_cache(seed=0, version=None):
+        built.append((seed, version))
+        names = {k.rsplit("/", 2)[0] for k in good}
+        return {n: {side: Split(good[f"{n}/{side}/images"], good[f"{n}/{side}/labels"])
+                    for side in ("train", "test") if f"{n}/{side}/images" in good} for n in names}
+
+    monkeypatch.setattr(digits_mod, "build_domains", build_from_cache)
+    with pytest.warns(RuntimeWarning, match="built from other inputs"):
+        again = build_suite("digits", seed=0, cache_dir=str(tmp_path), options=V1)
+    assert built == [(0, "1")]
+    assert_suites_equal(suite, again)
+    assert load_metadata(path)[digits_mod.INPUTS_DIGEST_KEY] == digits_mod.inputs_digest(1)
+    assert build_suite("digits", seed=0, cache_dir=str(tmp_path), options=V1).version == suite.version
+    assert built == [(0, "1")]  # the rewritten file is a hit
+
+
+@pytest.mark.slow
+def test_a_fresh_process_builds_the_same_bytes(suite, tmp_path):
+    """Build twice from scratch: a fresh process (no glyph atlas or file digest cached) gives
+    the bytes of this session's build."""
+    code = ("import sys; from ribench.data.suites import digits; from ribench.data.cache import load_tensors; "
+            "digits.digits_suite(0, sys.argv[1], version=1); print(digits.cache_path(0, sys.argv[1], version=1))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = Path(done.stdout.split()[-1])
+    assert fresh.parent == tmp_path and fresh.name == digits_mod.cache_path(0, version=1).name
+    assert tensors_digest(load_tensors(fresh)) == tensors_digest(load_tensors(digits_mod.cache_path(0, version=1)))
 
 
 def test_truncated_cache_lacking_tensors_is_rebuilt(suite, tmp_path):
@@ -313,7 +374,7 @@ def test_truncated_cache_lacking_tensors_is_rebuilt(suite, tmp_path):
 
 def test_other_seed_gives_other_samples(suite, tmp_path):
     other = build_suite("digits", seed=1, cache_dir=str(tmp_path), options=V1)
-    assert tensors_digest(load_tensors(digits_mod.cache_path(1, tmp_path, version=1))) == V1_DIGESTS[1]
+    check_recorded(other, digits_mod.cache_path(1, tmp_path, version=1), 1)
     assert not torch.equal(suite.tasks["fonts"].train.images, other.tasks["fonts"].train.images)
     assert not torch.equal(suite.aux["rendered"].train.images, other.aux["rendered"].train.images)
     assert not torch.equal(suite.pretrain.train.images, other.pretrain.train.images)

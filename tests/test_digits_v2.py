@@ -8,6 +8,7 @@ afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -17,7 +18,7 @@ import torch
 
 from ribench.core import CORRUPTIONS, ConfigError, DataError
 from ribench.data import build_suite, save_domain_grid
-from ribench.data.cache import data_cache_dir
+from ribench.data.cache import data_cache_dir, load_tensors
 from ribench.data.render import ALL_FONTS, render_digits
 from ribench.data.show import grid_rows
 from ribench.data.suites import digits
@@ -27,6 +28,14 @@ from ribench.data.suites.digits.hard import hardness, select_hard
 
 CACHE = str(data_cache_dir())  # fixed at import: the tests' .ribench-cache (conftest)
 V2 = {"version": 2}
+BASE = "2" + digits.inputs_tag(2)  # "2" for the reference inputs, else "2+i<inputs digest>"
+# sha256 of every tensor of a version 2 build (name, shape, dtype, bytes, sorted by name), by
+# the inputs digest of the build (digits.inputs_digest(2)): inputs digest -> {seed: data digest}
+V2_RECORDED = {
+    "1f1940cd16be83a6361c3573cb943e2932e85d95eeef9cd2609c3d6b1e8da8e8": {
+        0: "816d35fd748baaf1171a91aa1185a6378fd37bd3dd19c286a47f3d36ae6fe825",
+    },
+}
 TASKS = ["mnist-v2", "uci", "fonts", "sketch", "cartoon", "drawing", "mnistm", "viewpoint", "hard"]
 MNIST_C = ["brightness", "canny_edges", "dotted_line", "fog", "glass_blur", "impulse_noise", "motion_blur", "rotate",
            "scale", "shear", "shot_noise", "spatter", "stripe", "translate", "zigzag"]
@@ -84,8 +93,8 @@ def gray(images: torch.Tensor) -> np.ndarray:
 
 
 def test_layout(suite):
-    assert digits.SUITE_VERSION == "2" and build_suite("digits", seed=0, cache_dir=CACHE).version == "2"  # default
-    assert suite.name == "digits" and suite.version == "2" and suite.classes == tuple("0123456789")
+    assert digits.SUITE_VERSION == "2" and build_suite("digits", seed=0, cache_dir=CACHE).version == BASE  # default
+    assert suite.name == "digits" and suite.version == BASE and suite.classes == tuple("0123456789")
     assert suite.pretrain.name == "mnist" and list(suite.tasks) == TASKS
     assert len(suite.tasks) >= 8
     assert list(suite.aux) == ["rendered"]
@@ -174,9 +183,35 @@ def test_corruption_sets_are_mnist_c_of_a_fixed_test_subset(suite):
 # ---------------------------------------------------------------- cache and options
 
 
+def tensors_digest(tensors):
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        v = tensors[k].contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(str(v.dtype).encode())
+        h.update(v.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_version2_is_bit_identical_for_its_recorded_inputs(suite):
+    """The reference inputs are recorded with their data; a build from them is that data, and
+    a build from other inputs says so in its version and cache file name."""
+    assert set(digits_v2.REFERENCE_INPUTS) <= set(V2_RECORDED)
+    inputs = digits.inputs_digest(2)
+    path = digits.cache_path(0, CACHE, version=2)
+    assert suite.inputs_digest == inputs
+    if inputs in digits_v2.REFERENCE_INPUTS:
+        assert suite.version == "2" and path.name == "digits-v2-seed0.safetensors"
+    else:
+        assert suite.version == f"2+i{inputs[:16]}" and path.name == f"digits-v2-seed0-i{inputs[:16]}.safetensors"
+    if inputs in V2_RECORDED:
+        assert tensors_digest(load_tensors(path)) == V2_RECORDED[inputs][0]
+
+
 def test_cache_hit_is_fast_and_identical(suite, monkeypatch):
     path = digits.cache_path(0, CACHE, version=2)
-    assert path.name == "digits-v2-seed0.safetensors" and path.is_file()
+    assert path.name == f"digits-v2-seed0{digits.inputs_tag(2).replace('+', '-')}.safetensors" and path.is_file()
 
     def no_build(seed=0, version=None):
         raise AssertionError("cache hit must not rebuild")
@@ -200,13 +235,13 @@ def test_corruption_options_keep_some_sets_and_name_the_choice(suite):
         return build_suite("digits", seed=0, cache_dir=CACHE, options={**V2, **opts})
 
     s3 = build(severities=[3])
-    assert s3.version == "2+s3"
+    assert s3.version == BASE + "+s3"
     assert dict(s3.corruptions) == {f"mnist-c/{c}/3": (f"mnist-c/{c}", 3) for c in MNIST_C}
     assert set(s3.eval_sets) == {"handdrawn", *s3.corruptions} and list(s3.tasks) == TASKS
     assert torch.equal(s3.eval_sets["mnist-c/fog/3"].test.images, suite.eval_sets["mnist-c/fog/3"].test.images)
     two = build(corruptions=["zigzag", "fog"], severities=[5, 1])
     assert list(two.corruptions) == ["mnist-c/fog/1", "mnist-c/fog/5", "mnist-c/zigzag/1", "mnist-c/zigzag/5"]
-    assert two.version.startswith("2+c") and two.version.endswith("+s15") and two.version != s3.version
+    assert two.version.startswith(BASE + "+c") and two.version.endswith("+s15") and two.version != s3.version
     assert build(corruptions=["fog", "zigzag"], severities=[1, 5]).version == two.version
     for bad in (["fgo"], "fog", [], [3]):
         with pytest.raises(ConfigError, match="suite_options.corruptions"):

@@ -251,6 +251,8 @@ class Suite:
     and mCE. ``aux`` holds extra domains pretraining recipes may use (never tasks).
     ``reference_errors`` maps corruption -> per-severity errors of a published
     reference model for mCE; None means the suite's pretrained model is the reference.
+    ``inputs_digest``: sha256 hex of everything installed packages provide to build the
+    suite's data, for suites that track it (the built-in ``digits``); None otherwise.
     """
 
     name: str
@@ -262,6 +264,7 @@ class Suite:
     aux: Mapping[str, Domain] = field(default_factory=dict)
     reference_errors: Mapping[str, tuple[float, ...]] | None = None
     version: str = "1"
+    inputs_digest: str | None = None
 
     @property
     def num_classes(self) -> int:

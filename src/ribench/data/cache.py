@@ -4,7 +4,8 @@ The cache root is ``$RIBENCH_CACHE`` when set, else ``~/.cache/ribench``; built
 suites go to ``<root>/data``. Files are written under a temporary name in the same
 folder and moved into place with ``os.replace``, so a reader never sees half a file,
 even if the writer is killed. A file that cannot be parsed raises ``DataError``
-naming it; callers are expected to rebuild it.
+naming it; callers are expected to rebuild it. A file can carry string metadata (what
+it was built from), read back by ``load_metadata`` without loading its tensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from ..core.errors import DataError
@@ -33,15 +34,18 @@ def data_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else cache_root() / "data"
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> Path:
-    """Write ``tensors`` to ``path`` (safetensors) atomically; return the path."""
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` (and the ``metadata`` strings, if any) to ``path`` (safetensors)
+    atomically; return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         # safetensors refuses tensors that share memory (e.g. one labels tensor in two splits)
-        save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}, tmp)
+        save_file({k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
@@ -57,5 +61,18 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise DataError(f"cache file {path} does not exist")
     try:
         return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"cache file {path} is corrupt or unreadable ({e})") from None
+
+
+def load_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata strings of a safetensors file (``{}`` if it has none); a missing or
+    unreadable file raises ``DataError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"cache file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise DataError(f"cache file {path} is corrupt or unreadable ({e})") from None

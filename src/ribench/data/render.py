@@ -162,10 +162,13 @@ def fit_to_box(images: torch.Tensor, box: int = DIGIT_BOX, size: int = IMAGE_SIZ
 
 
 def font_path(name: str) -> Path:
-    """``name`` in matplotlib's bundled ``mpl-data/fonts/ttf`` folder."""
-    import matplotlib
+    """``name`` in matplotlib's bundled ``mpl-data/fonts/ttf`` folder (``matplotlib.get_data_path()``),
+    found without importing matplotlib."""
+    import importlib.util
 
-    path = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
+    spec = importlib.util.find_spec("matplotlib")
+    folder = Path(list(spec.submodule_search_locations)[0]) if spec and spec.submodule_search_locations else None
+    path = (folder / "mpl-data" / "fonts" / "ttf" / name) if folder else Path("mpl-data", "fonts", "ttf", name)
     if not path.is_file():
         raise DataError(f"font file {path} not found (is matplotlib installed with its mpl-data?)")
     return path

@@ -12,16 +12,23 @@ in a run spec):
 
 Every image is ``uint8 [N, C, 28, 28]`` (white digit on black, MNIST convention, unless
 a shift changes it), every label ``int64 [N]`` in 0..9 (classes ``"0"``..``"9"``). A
-version is built once per ``(version, seed)`` and cached as one safetensors file; later
-calls load it (well under a second). A corrupt cache file is rebuilt. The offline
-sources live in ``sources.py`` (re-exported here), v2's shifts in ``shifts.py`` and its
-hard subset in ``hard.py``; the glyph renderer, shared with ``mnist-rib`` and the
-corruptions, is ``ribench.data.render``.
+version is built once per ``(version, seed, inputs)`` and cached as one safetensors file;
+later calls load it (well under a second). A corrupt cache file is rebuilt, and so is one
+that records other inputs than this machine's. The offline sources live in ``sources.py``
+(re-exported here), v2's shifts in ``shifts.py`` and its hard subset in ``hard.py``; the
+glyph renderer, shared with ``mnist-rib`` and the corruptions, is ``ribench.data.render``.
+
+Provenance (``provenance.py``): the data depends on package-provided inputs (font and data
+files, the packages that compute on them, the CPU kernels torch runs). ``inputs_digest``
+hashes them; ``Suite.inputs_digest`` holds it, and unless it is one of the layout's
+``REFERENCE_INPUTS`` the suite's version, and so its cache file name and every cell key,
+carry ``+i<its first 16 hex digits>``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -33,8 +40,8 @@ from ....core.errors import ConfigError, DataError
 from ....core.registry import register_suite
 from ....core.runtime import fixed_threads
 from ....core.types import Domain, Split, Suite
-from . import v1, v2
-from ...cache import data_cache_dir, load_tensors, save_tensors
+from . import provenance, v1, v2
+from ...cache import data_cache_dir, load_metadata, load_tensors, save_tensors
 from .sources import (  # noqa: F401  (re-exported: the sources used to live here)
     MIN_PATCH_MEAN, PATCH_CANDIDATES, PHOTOS, handdrawn_folder, load_handdrawn, load_mnist, load_photos, load_uci,
     mnistm_blend, random_patches,
@@ -45,6 +52,9 @@ SUITE_VERSION = "2"
 VERSIONS: dict[str, ModuleType] = {"1": v1, "2": v2}
 CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 PRETRAIN = "mnist"
+#: metadata keys of a cache file: the inputs digest it was built from, and the inputs themselves (JSON)
+INPUTS_DIGEST_KEY = "ribench.inputs_digest"
+INPUTS_KEY = "ribench.inputs"
 
 
 def check_version(version: int | str | None) -> str:
@@ -62,6 +72,24 @@ def layout(version: int | str | None = None) -> ModuleType:
     """The module that defines ``version``: its ``TASKS``, ``AUX``, ``EVAL_ONLY``,
     ``CORRUPTIONS``, ``build_domains(seed)`` and ``description(name)``."""
     return VERSIONS[check_version(version)]
+
+
+def inputs(version: int | str | None = None) -> dict[str, str]:
+    """Every package-provided input of ``version``'s build: ``{name: sha256 or version}``
+    (``provenance.inputs``)."""
+    return provenance.inputs(layout(version))
+
+
+def inputs_digest(version: int | str | None = None) -> str:
+    """sha256 hex of ``inputs(version)``: the same inputs give the same digest everywhere."""
+    return provenance.inputs_digest(layout(version))
+
+
+def inputs_tag(version: int | str | None = None, digest: str | None = None) -> str:
+    """What the inputs ``digest`` (default: this machine's) add to ``version``'s name:
+    ``""`` for its reference inputs, else ``"+i<first 16 hex digits>"``."""
+    spec = layout(version)
+    return provenance.identity_tag(spec, digest or provenance.inputs_digest(spec))
 
 
 def build_domains(seed: int = 0, version: int | str | None = None) -> dict[str, dict[str, Split]]:
@@ -110,9 +138,10 @@ def choose_corruption_sets(version: int | str | None = None, corruptions=None, s
                  if (corruptions is None or short[name] in corruptions) and (severities is None or sev in severities))
 
 
-def _version_tag(spec: ModuleType, chosen: tuple[str, ...], corruptions, severities) -> str:
-    """The suite's version: the layout's, plus what a non-default choice of corruption sets kept."""
-    tag = spec.SUITE_VERSION
+def _version_tag(spec: ModuleType, digest: str, corruptions, severities) -> str:
+    """The suite's version: the layout's, plus its inputs (``provenance.identity_tag``), plus
+    what a non-default choice of corruption sets kept."""
+    tag = spec.SUITE_VERSION + provenance.identity_tag(spec, digest)
     if corruptions is not None:
         names = ",".join(sorted(set(corruptions)))
         tag += "+c" + hashlib.sha256(names.encode()).hexdigest()[:8]
@@ -122,12 +151,15 @@ def _version_tag(spec: ModuleType, chosen: tuple[str, ...], corruptions, severit
 
 
 def assemble(tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<memory>",
-             version: int | str | None = None, corruptions=None, severities=None) -> Suite:
-    """The ``Suite`` of ``version`` from flattened tensors, with the corruption sets that
+             version: int | str | None = None, corruptions=None, severities=None,
+             inputs_digest: str | None = None) -> Suite:
+    """The ``Suite`` of ``version`` from flattened tensors built from the inputs
+    ``inputs_digest`` (default: this machine's), with the corruption sets that
     ``corruptions`` and ``severities`` keep (``choose_corruption_sets``); a missing tensor
     raises ``DataError`` naming ``source``."""
     spec = layout(version)
     chosen = choose_corruption_sets(version, corruptions, severities)
+    digest = inputs_digest or provenance.inputs_digest(spec)
 
     def split(name: str, part: str) -> Split:
         try:
@@ -150,13 +182,36 @@ def assemble(tensors: dict[str, torch.Tensor], source: str | os.PathLike = "<mem
         corruptions={name: spec.CORRUPTIONS[name] for name in chosen},
         aux={name: domain(name, True) for name in spec.AUX},
         reference_errors=None,
-        version=_version_tag(spec, chosen, corruptions, severities),
+        version=_version_tag(spec, digest, corruptions, severities),
+        inputs_digest=digest,
     )
 
 
-def cache_path(seed: int = 0, cache_dir: str | os.PathLike | None = None, version: int | str | None = None) -> Path:
-    """Where ``version`` for ``seed`` is cached: ``<data cache>/digits-v<version>-seed<seed>.safetensors``."""
-    return data_cache_dir(cache_dir) / f"digits-v{check_version(version)}-seed{seed}.safetensors"
+def cache_path(seed: int = 0, cache_dir: str | os.PathLike | None = None, version: int | str | None = None,
+               inputs_digest: str | None = None) -> Path:
+    """Where ``version`` for ``seed``, built from the inputs ``inputs_digest`` (default: this
+    machine's), is cached: ``<data cache>/digits-v<version>-seed<seed>.safetensors`` for
+    the version's reference inputs, ``...-seed<seed>-i<16 hex digits>.safetensors`` for others."""
+    spec = layout(version)
+    digest = inputs_digest or provenance.inputs_digest(spec)
+    tag = "" if provenance.is_reference(spec, digest) else f"-i{digest[:provenance.TAG_HEX]}"
+    return data_cache_dir(cache_dir) / f"digits-v{spec.SUITE_VERSION}-seed{seed}{tag}.safetensors"
+
+
+def check_cached_inputs(path: Path, version: int | str | None, digest: str) -> None:
+    """Raise ``DataError`` if the cache file ``path`` records other inputs than ``digest``.
+
+    Files written before inputs were recorded carry none; they are only ever looked up
+    under a reference name (``cache_path``), so they are taken as built from reference inputs.
+    """
+    spec = layout(version)
+    stored = load_metadata(path).get(INPUTS_DIGEST_KEY)
+    if stored is None or stored == digest:
+        return
+    if provenance.is_reference(spec, stored) and provenance.is_reference(spec, digest):
+        return  # reference inputs all build the recorded data
+    raise DataError(f"{path} was built from other inputs (digest {stored[:16]}..., this machine's "
+                    f"is {digest[:16]}...)")
 
 
 @register_suite("digits")
@@ -167,15 +222,20 @@ def digits_suite(seed: int = 0, cache_dir: str | None = None, version: int | str
     ``version``: 1 or 2 (default ``SUITE_VERSION``). ``corruptions`` (short names, e.g.
     ``["fog", "zigzag"]``) and ``severities`` keep only those corruption eval sets (default:
     all); the cache always holds all of them, and the suite's version names the choice.
+    The inputs of the build (``inputs``) are recorded in the cache file and named by the
+    suite's ``inputs_digest`` and, unless they are the reference inputs, its version.
     """
     version = check_version(version)
     choose_corruption_sets(version, corruptions, severities)  # bad options fail before any build
-    path = cache_path(seed, cache_dir, version)
+    digest = inputs_digest(version)
+    path = cache_path(seed, cache_dir, version, digest)
     if path.exists():
         try:
-            return assemble(load_tensors(path), path, version, corruptions, severities)
+            check_cached_inputs(path, version, digest)
+            return assemble(load_tensors(path), path, version, corruptions, severities, digest)
         except DataError as e:
             warnings.warn(f"{e}; rebuilding it", RuntimeWarning, stacklevel=2)
     tensors = to_tensors(build_domains(seed, version))
-    save_tensors(path, tensors)
-    return assemble(tensors, path, version, corruptions, severities)
+    save_tensors(path, tensors, {INPUTS_DIGEST_KEY: digest,
+                                 INPUTS_KEY: json.dumps(inputs(version), sort_keys=True)})
+    return assemble(tensors, path, version, corruptions, severities, digest)

