@@ -262,6 +262,13 @@ class ResultsStore:
         return out
 
     @_guarded
+    def cell_configs(self, kind: str | None = None) -> dict[str, dict[str, Any]]:
+        """Key -> (kind, labels, config) as recorded, of every finished cell (of ``kind`` only, when given)."""
+        q = "SELECT key, kind, labels, config FROM cells WHERE status = 'done'"
+        rows = self.conn.execute(q + (" AND kind = ?" if kind else ""), (kind,) if kind else ())
+        return {k: {"kind": kd, "labels": json.loads(lab), "config": json.loads(cfg)} for k, kd, lab, cfg in rows}
+
+    @_guarded
     def metric_rows(self) -> list[dict[str, Any]]:
         """Every stored number as a flat row (labels, eval_set, metric, value)."""
         cur = self.conn.execute(
