@@ -53,7 +53,6 @@ import torch.nn.functional as F
 
 from ....core.errors import DataError
 from ....core.runtime import fixed_threads
-from ... import render
 from . import sources
 
 #: Pillow's bundled libraries that change pixels: glyph rasterisation and JPEG decoding
