@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 import ribench.methods  # noqa: F401  (registers the model kinds that methods make)
 import ribench.models
 from ribench.core.errors import CheckpointError
-from ribench.core.registry import MODELS
+from ribench.core.registry import MODEL_KINDS
 from ribench.models import load_model, save_model
 from ribench.models.checkpoint import registering_modules
 from ribench.models.external import build, parse_entry
@@ -35,12 +35,12 @@ SMALL = {  # tiny sizes; every other registered kind is built with its defaults
 
 
 def _ribench_kinds() -> list[str]:
-    return [n for n in MODELS.names() if getattr(MODELS.get(n), "__module__", "").startswith("ribench.")]
+    return [n for n in MODEL_KINDS.names() if getattr(MODEL_KINDS.get(n), "__module__", "").startswith("ribench.")]
 
 
 def _build(kind: str):
     torch.manual_seed(0)
-    model = MODELS.create(kind, num_classes=3, **SMALL.get(kind, {}))
+    model = MODEL_KINDS.create(kind, num_classes=3, **SMALL.get(kind, {}))
     with torch.no_grad():  # move every weight off its initial value (zero prompts, equal ingredients)
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))

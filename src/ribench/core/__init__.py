@@ -2,12 +2,15 @@
 
 from .errors import CheckpointError, ConfigError, DataError, RibenchError, TrainingError, UnknownNameError
 from .registry import (
+    ADAPTED_MODELS,
     CORRUPTIONS,
     ESTIMATORS,
     METHODS,
+    MODEL_KINDS,
     MODELS,
     SUITES,
     Registry,
+    register_adapted_model,
     register_corruption,
     register_estimator,
     register_method,
@@ -18,8 +21,8 @@ from .runtime import derive_seed, resolve_device, seed_everything
 from .types import Domain, InputSpec, Split, Suite
 
 __all__ = [
-    "CORRUPTIONS", "ESTIMATORS", "METHODS", "MODELS", "SUITES", "CheckpointError", "ConfigError",
-    "DataError", "Domain", "InputSpec", "Registry", "RibenchError", "Split", "Suite", "TrainingError",
-    "UnknownNameError", "derive_seed", "register_corruption", "register_estimator", "register_method",
-    "register_model", "register_suite", "resolve_device", "seed_everything",
+    "ADAPTED_MODELS", "CORRUPTIONS", "ESTIMATORS", "METHODS", "MODEL_KINDS", "MODELS", "SUITES", "CheckpointError",
+    "ConfigError", "DataError", "Domain", "InputSpec", "Registry", "RibenchError", "Split", "Suite", "TrainingError",
+    "UnknownNameError", "derive_seed", "register_adapted_model", "register_corruption", "register_estimator",
+    "register_method", "register_model", "register_suite", "resolve_device", "seed_everything",
 ]

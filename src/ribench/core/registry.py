@@ -1,5 +1,10 @@
 """Name -> factory registries for models, methods, suites, corruptions, estimators.
 
+``MODELS`` holds the backbones (what a spec's ``backbones`` may name, what ``ribench list
+models`` shows); ``ADAPTED_MODELS`` the model kinds that methods make (wrappers such as
+``prompted`` or ``dawin``), which are never backbones. ``MODEL_KINDS`` reads both, for
+what rebuilds any model from its checkpoint.
+
 A user adds a component with one decorated function or class::
 
     @register_model("mymodel")
@@ -31,8 +36,12 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """``kind`` names the components in messages; ``group`` is the entry-point group
+    (default ``ribench.<kind>s``)."""
+
+    def __init__(self, kind: str, group: str | None = None):
         self.kind = kind
+        self.group = group or f"ribench.{kind}s"
         self._items: dict[str, T] = {}
         self._entry_points_loaded = False
 
@@ -60,7 +69,7 @@ class Registry(Generic[T]):
             return
         self._entry_points_loaded = True
         load_plugins()
-        for ep in entry_points(group=f"ribench.{self.kind}s"):
+        for ep in entry_points(group=self.group):
             self._items.setdefault(ep.name, ep.load())
 
     def get(self, name: str) -> T:
@@ -83,6 +92,33 @@ class Registry(Generic[T]):
         return name in self._items
 
 
+class RegistryUnion:
+    """Several registries read as one, the first that holds a name winning (``MODEL_KINDS``);
+    registering goes through the registries themselves."""
+
+    def __init__(self, kind: str, *parts: Registry):
+        self.kind = kind
+        self.parts = parts
+
+    def get(self, name: str) -> Any:
+        for reg in self.parts:
+            if name in reg:
+                return reg.get(name)
+        raise UnknownNameError(self.kind, name, self.names())
+
+    def names(self, pattern: str = "*") -> list[str]:
+        return sorted({n for reg in self.parts for n in reg.names(pattern)})
+
+    def create(self, name: str, /, **kwargs: Any) -> Any:
+        return self.get(name)(**kwargs)
+
+    def version(self, name: str) -> str:
+        return str(getattr(self.get(name), "version", "1"))
+
+    def __contains__(self, name: str) -> bool:
+        return any(name in reg for reg in self.parts)
+
+
 def load_plugins() -> None:
     """Import the modules named in ``RIBENCH_PLUGINS`` (once each)."""
     for name in filter(None, (m.strip() for m in os.environ.get("RIBENCH_PLUGINS", "").split(","))):
@@ -94,13 +130,16 @@ def load_plugins() -> None:
             raise ConfigError("RIBENCH_PLUGINS", f"cannot import plugin module {name!r}: {e}") from None
 
 
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry("model")  # backbones
+ADAPTED_MODELS: Registry = Registry("adapted model", group="ribench.adapted_models")  # kinds methods make
+MODEL_KINDS = RegistryUnion("model kind", MODELS, ADAPTED_MODELS)  # every kind a checkpoint may name
 METHODS: Registry = Registry("method")
 SUITES: Registry = Registry("suite")
 CORRUPTIONS: Registry = Registry("corruption")
 ESTIMATORS: Registry = Registry("estimator")
 
 register_model = MODELS.register
+register_adapted_model = ADAPTED_MODELS.register
 register_method = METHODS.register
 register_suite = SUITES.register
 register_corruption = CORRUPTIONS.register

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError
-from ..core.registry import MODELS, register_method, register_model
+from ..core.registry import MODEL_KINDS, register_adapted_model, register_method
 from ..core.runtime import seed_everything
 from ..core.types import Domain, InputSpec
 from ..models.base import Model
@@ -80,11 +80,11 @@ def wrap_with_prompt(base: Model, pad: int) -> PromptedModel:
     return model
 
 
-@register_model("prompted")
+@register_adapted_model("prompted")
 def prompted(num_classes: int = 10, spec: InputSpec | None = None, base_arch: str = "mlp",
              base_hparams: dict | None = None, pad: int = 4) -> Model:
     """A backbone ``base_arch`` (built with ``base_hparams``) with a learned pad prompt of ``pad`` px."""
-    base = MODELS.create(base_arch, num_classes=num_classes, spec=spec, **(base_hparams or {}))
+    base = MODEL_KINDS.create(base_arch, num_classes=num_classes, spec=spec, **(base_hparams or {}))
     return wrap_with_prompt(base, pad)
 
 

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ConfigError, DataError
-from ..core.registry import MODELS, register_method, register_model
+from ..core.registry import MODEL_KINDS, register_adapted_model, register_method
 from ..core.types import Domain, InputSpec
 from ..models.base import Model
 from .base import AdaptContext, Method
@@ -94,13 +94,13 @@ def replace_head(model: Model, kind: str, **kwargs) -> Model:
     return model
 
 
-@register_model("with_head")
+@register_adapted_model("with_head")
 def with_head(num_classes: int = 10, spec: InputSpec | None = None, base_arch: str = "mlp",
               base_hparams: dict | None = None, head_kind: str = "cosine", head_kwargs: dict | None = None) -> Model:
     """A backbone ``base_arch`` whose head is ``HEADS[head_kind](num_features, num_classes, **head_kwargs)``."""
     if head_kind not in HEADS:
         raise ConfigError("with_head.head_kind", f"must be one of {', '.join(HEADS)}, got {head_kind!r}")
-    model = MODELS.create(base_arch, num_classes=num_classes, spec=spec, **(base_hparams or {}))
+    model = MODEL_KINDS.create(base_arch, num_classes=num_classes, spec=spec, **(base_hparams or {}))
     return replace_head(model, head_kind, **(head_kwargs or {}))
 
 

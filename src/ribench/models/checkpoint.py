@@ -11,7 +11,7 @@ never stored.
 ``load_model`` imports the recorded modules that lie inside the ``ribench`` package
 (and no other: loading a checkpoint never imports code the file names; kinds that
 plugins register come from the registry's entry points and ``RIBENCH_PLUGINS``),
-then rebuilds the model through the ``MODELS`` registry, or, for ``arch =
+then rebuilds the model through ``MODEL_KINDS`` (backbones and the kinds methods make), or, for ``arch =
 "external"`` (an outside backbone), through ``external.rebuild`` from the source its
 hparams record. Checkpoints written before ``modules`` was recorded name only their
 ``arch``; ``LEGACY_MODULES`` says where the kinds that ribench's methods registered
@@ -39,7 +39,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ..core.errors import CheckpointError, ConfigError, UnknownNameError
-from ..core.registry import MODELS
+from ..core.registry import MODEL_KINDS
 from ..core.types import InputSpec
 from . import external
 from .base import Model, first_nonfinite, model_name
@@ -107,13 +107,13 @@ def registering_modules(model: nn.Module) -> list[str]:
         arch = getattr(m, "arch", None)
         if isinstance(arch, str):
             kinds.add(arch)
-            kinds.update(s for s in _strings(getattr(m, "hparams", {})) if s in MODELS)
+            kinds.update(s for s in _strings(getattr(m, "hparams", {})) if s in MODEL_KINDS)
     modules = set()
     for kind in kinds:
         if kind == external.ARCH:
             modules.add(external.__name__)
-        elif kind in MODELS:
-            modules.add(getattr(MODELS.get(kind), "__module__", None) or "")
+        elif kind in MODEL_KINDS:
+            modules.add(getattr(MODEL_KINDS.get(kind), "__module__", None) or "")
     return sorted(m for m in modules if m)
 
 
@@ -203,7 +203,7 @@ def load_model(path: str | os.PathLike, trust_checkpoint: bool = False) -> Model
         if arch == external.ARCH:  # an outside backbone records how to rebuild it
             model = external.rebuild(hparams, num_classes, spec, str(path), trust_checkpoint)
         else:
-            model = MODELS.create(arch, num_classes=num_classes, spec=spec, **hparams)
+            model = MODEL_KINDS.create(arch, num_classes=num_classes, spec=spec, **hparams)
     except UnknownNameError as e:
         where = (f"; it was registered by {', '.join(map(repr, outside))}, outside {PACKAGE}, which loading a "
                  "checkpoint never imports: import it first, name it in RIBENCH_PLUGINS, or register it through a "

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ...core.errors import ConfigError, DataError
-from ...core.registry import MODELS, register_method, register_model
+from ...core.registry import MODEL_KINDS, register_adapted_model, register_method
 from ...core.types import Domain, InputSpec
 from ...models.base import Model
 from ..base import AdaptContext, Method
@@ -134,14 +134,14 @@ def _call(module: Model, params: State, fn: str, x: torch.Tensor) -> torch.Tenso
     return functional_call(_Features(module), {f"model.{k}": v for k, v in params.items()}, (x,))
 
 
-@register_model("dawin")
+@register_adapted_model("dawin")
 def dawin_model(num_classes: int = 10, spec: InputSpec | None = None, base: str = "mlp",
                 base_hparams: dict | None = None, groups: int = 0, expertise: str = "negexp_entropy",
                 temperatures: Sequence[float] = (1.0, 1.0)) -> DaWinModel:
     """A DaWin model of two ``base`` models (rebuilt from a checkpoint's metadata)."""
     kw = dict(base_hparams or {})
-    m0 = MODELS.create(base, num_classes=num_classes, spec=spec, **kw)
-    m1 = MODELS.create(base, num_classes=num_classes, spec=spec, **kw)
+    m0 = MODEL_KINDS.create(base, num_classes=num_classes, spec=spec, **kw)
+    m1 = MODEL_KINDS.create(base, num_classes=num_classes, spec=spec, **kw)
     return DaWinModel(m0, m1, groups, expertise, temperatures)
 
 
