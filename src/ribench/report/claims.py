@@ -254,7 +254,9 @@ def lines_figure(series: Mapping[str, list[tuple[float, Comparison]]], *, xlabel
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        if series:
+        if len(series) > 3:  # many lines: the legend beside the axes, never over the data
+            ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        elif series:
             ax.legend(frameon=False, fontsize=8)
     return fig
 
