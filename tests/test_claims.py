@@ -83,3 +83,5 @@ def test_figures_draw_every_item(tmp_path):
     sc = claims.scatter_figure([("t0", 1.0, 0.1), ("t1", 2.0, 0.3)], xlabel="x", ylabel="y", title="t",
                                diagonal=True)
     assert [t.get_text() for t in sc.axes[0].texts] == ["t0", "t1"]
+    two = claims.scatter_panels([("a", [("t0", 1.0, 0.1)], "x1"), ("b", [("t1", 2.0, 0.3)], "x2")], ylabel="y")
+    assert [ax.get_title() for ax in two.axes] == ["a", "b"] and two.axes[1].texts[0].get_text() == "t1"

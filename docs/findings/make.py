@@ -99,9 +99,11 @@ def main(runs: Path) -> dict:
                     "p": g.p_value, "exact": g.exact, "n_units": g.n_units, "distinct": g.distinct[0]}
     out["d_otdd_predicts_dP"] = preds
     ftp = C.task_means(sv(main_rows, "dP", "ft"))
-    fig = C.scatter_figure([(t, analysis[("narrow", t, "otdd")], ftp[t]) for t in tasks],
-                           xlabel="OTDD(MNIST pretraining data, task), pixels", ylabel="ΔP of ft (points)",
-                           title=f"OTDD against the loss on MNIST (ft; ρ = {preds['otdd']['rho']['ft']:+.2f})")
+    fig = C.scatter_panels([(f"{name} (ft: ρ = {preds[p]['rho']['ft']:+.2f})",
+                             [(t, analysis[("narrow", t, p)], ftp[t]) for t in tasks], f"OTDD(MNIST, task), {where}")
+                            for p, name, where in (("otdd", "pixels", "pixel space"),
+                                                   ("otdd_features", "features", "m0's feature space"))],
+                           ylabel="ΔP of ft (points)")
     C.save(fig, HERE / "d_otdd_predicts_dP.png")
     lines.append("\n### (d) OTDD predicts ΔP (Spearman across the 9 tasks, per method; mean over methods)\n\n"
                  "| predictor | ρ per method | mean ρ [95% bootstrap CI] | p (tasks permuted, ρ<0) |\n|---|---|---|---|")
@@ -173,6 +175,15 @@ def main(runs: Path) -> dict:
     table["narrow/ft(reinit)"] = {k: (c.mean, c.lo, c.hi, c.n) for k, c in
                                   ((k, C.summary(sv(reinit_rows, k, "ft"))) for k in ("id_acc", "R", "dR", "P_acc", "dP"))}
     out["table"] = table
+    lines.append("\n### Every method (mean over tasks [95% t-interval over tasks], %)\n\n"
+                 "| recipe / method | n tasks | ID acc | R | ΔR | P acc | ΔP |\n|---|---|---|---|---|---|---|")
+    for k, v in table.items():
+        if k.endswith("/m0"):
+            lines.append(f"| {k} | – | – | {v['R'] * 100:.1f} | 0 | {v['P_acc'] * 100:.1f} | 0 |")
+            continue
+        cell = [f"{m * 100:.1f} [{lo * 100:.1f}, {hi * 100:.1f}]" if lo == lo else f"{m * 100:.1f}"
+                for m, lo, hi, _ in (v[c] for c in ("id_acc", "R", "dR", "P_acc", "dP"))]
+        lines.append(f"| {k} | {v['R'][3]} | " + " | ".join(cell) + " |")
     print("\n".join(lines))
     return out
 

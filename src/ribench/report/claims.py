@@ -218,21 +218,32 @@ def per_task_figure(series: Mapping[str, Mapping[str, float]], *, ylabel: str, t
 def scatter_figure(points: list[tuple[str, float, float]], *, xlabel: str, ylabel: str, title: str,
                    xscale: float = 1.0, yscale: float = 100.0, diagonal: bool = False) -> Figure:
     """Labelled points (label, x, y), optionally with the y = x line."""
+    return scatter_panels([(title, points, xlabel)], ylabel=ylabel, xscale=xscale, yscale=yscale, diagonal=diagonal)
+
+
+def scatter_panels(panels: list[tuple[str, list[tuple[str, float, float]], str]], *, ylabel: str,
+                   xscale: float = 1.0, yscale: float = 100.0, diagonal: bool = False) -> Figure:
+    """Side-by-side scatter plots sharing the y axis, one per (title, points, xlabel)."""
     with _style():
-        fig = _figure(5.2, 4.0)
-        ax = fig.add_subplot()
-        xs = [x * xscale for _, x, _ in points]
-        ys = [y * yscale for _, _, y in points]
-        ax.scatter(xs, ys, s=28, color="#1f77b4", zorder=2)
-        for (label, _, _), x, y in zip(points, xs, ys):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
-        if diagonal and points:
-            lo, hi = min(xs + ys), max(xs + ys)
-            ax.plot([lo, hi], [lo, hi], color="#444444", lw=0.8, ls="--", zorder=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        fig = _figure(5.2 * len(panels), 4.0)
+        axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+        for ax, (title, points, xlabel) in zip(axes, panels):
+            _scatter(ax, points, xlabel, title, xscale, yscale, diagonal)
+        axes[0].set_ylabel(ylabel)
     return fig
+
+
+def _scatter(ax, points, xlabel, title, xscale, yscale, diagonal) -> None:
+    xs = [x * xscale for _, x, _ in points]
+    ys = [y * yscale for _, _, y in points]
+    ax.scatter(xs, ys, s=28, color="#1f77b4", zorder=2)
+    for (label, _, _), x, y in zip(points, xs, ys):
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    if diagonal and points:
+        lo, hi = min(xs + ys), max(xs + ys)
+        ax.plot([lo, hi], [lo, hi], color="#444444", lw=0.8, ls="--", zorder=1)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
 
 
 def lines_figure(series: Mapping[str, list[tuple[float, Comparison]]], *, xlabel: str, ylabel: str, title: str,
