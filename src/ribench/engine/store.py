@@ -166,6 +166,20 @@ class ResultsStore:
                                      None, error, tb, started, now, now - started, failure))
 
     @_guarded
+    def relabel(self, labels: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Give the recorded cells of ``labels`` (key -> labels) those labels, in the cell record and
+        its metric rows, where they differ (a method's label is no part of its key); returns those keys."""
+        stored = dict(self.conn.execute("SELECT key, labels FROM cells"))
+        changed = [k for k, lab in labels.items() if k in stored and json.loads(stored[k]) != dict(lab)]
+        if changed:
+            with self._tx() as c:
+                for k in changed:
+                    c.execute("UPDATE cells SET labels = ? WHERE key = ?", (json.dumps(dict(labels[k])), k))
+                    c.execute(f"UPDATE metrics SET {', '.join(f'{n} = ?' for n in LABELS)} WHERE cell = ?",
+                              (*[labels[k].get(n) for n in LABELS], k))
+        return changed
+
+    @_guarded
     def forget_cell(self, key: str) -> None:
         """Drop the record and metrics of ``key`` (its artifact was found damaged: the cell is computed again)."""
         with self._tx() as c:
