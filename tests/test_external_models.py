@@ -410,7 +410,8 @@ def test_timm_model_with_local_weights(tmp_path):
         assert torch.allclose(model(x), net((x.float() / 255 - 0.5) / 0.5), atol=1e-5)
 
 
-def test_presets_are_imagenet_rib_backbones_usable_by_name():
+def test_presets_are_imagenet_rib_backbones_usable_by_name(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", type(sys)("timm"))  # loading the spec checks that timm imports
     names = list_presets()
     assert {"vit_b16_in1k", "vit_b16_in21k", "vit_b16_laion2b", "vit_b16_openai"} <= set(names)
     for name, p in presets().items():

@@ -21,6 +21,10 @@ computes (and which ones: the resolved list, so a newly registered estimator run
 of every attack an evaluate cell runs. Bump a component's version when its numbers
 change and exactly the cells that use it are recomputed.
 
+A method's cells carry its label (``labels["method"]``: the name, or for a sweep ``lora[r=4]``,
+names.py) and their config the registered name and full hyperparameters, so two entries of
+one method are two sets of cells, and the label, which names them, is no part of a key.
+
 A cell names its inputs by role (``Cell.inputs``: role -> key, or a tuple of keys for
 a role with several); ``deps`` is the same keys in the order the key hashes them, the
 roles in this order:
@@ -45,8 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..core import rows
-from ..core.errors import ConfigError, RibenchError, UnknownNameError
-from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS
+from ..core.errors import ConfigError
+from ..core.registry import CORRUPTIONS, METHODS, MODELS
 
 # in the layers' order (DESIGN.md): the data layer, which models/ imports first, queries the
 # registries when it loads, and so loads the plugins (RIBENCH_PLUGINS); a plugin that imports
@@ -54,8 +58,8 @@ from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS
 from ..models import external
 from ..models.pretrain import get_recipe
 from ..methods.base import Method
-from ..evaluate.attacks import check_attack
-from ..analysis.transferability import list_estimators
+from .names import (PlannedMethod, attack_configs, corruption_names, estimator_versions, method_table,  # noqa: F401
+                    outside_backbones)  # attack_configs, estimator_versions, outside_backbones: also read from here
 from .spec import RunSpec
 
 EVAL_VERSION = "3"  # 3: mCE against the reference's errors at the evaluated severities; NaN metrics fail
@@ -70,33 +74,6 @@ def _versioned(base: str, component: str) -> str:
     return base if component == "1" else f"{base}+{component}"
 
 
-def estimator_versions(spec: RunSpec) -> dict[str, str]:
-    """The analysis section's estimators, resolved (``"all"``: every registered one) -> version."""
-    names = list_estimators() if spec.analysis.estimators == "all" else list(spec.analysis.estimators)
-    out = {}
-    for n in names:
-        if n not in ESTIMATORS:
-            raise ConfigError("analysis.estimators", f"{n!r} is not a registered estimator; valid: "
-                              f"{', '.join(list_estimators())}")
-        out[n] = ESTIMATORS.version(n)
-    return out
-
-
-def attack_configs(spec: RunSpec) -> list[dict[str, Any]]:
-    """The spec's attacks as evaluate-cell config: names, radii and budgets checked now (not when
-    a cell runs), code versions folded in."""
-    out = []
-    for i, a in enumerate(spec.attacks):
-        try:
-            version = check_attack(a.name, a.eps, a.params)
-        except ConfigError as e:
-            raise ConfigError(f"attacks[{i}].params", str(e)) from None
-        except RibenchError as e:  # UnknownNameError: lists the registered attacks
-            raise ConfigError(f"attacks[{i}].name", str(e)) from None
-        out.append({**a.model_dump(), **({"version": version} if version != "1" else {})})
-    return out
-
-
 def corruption_set(corruption: str, severity: int | str) -> str:
     """The eval-set name of an engine-made corruption set: ``<corruption>/<severity>``."""
     return f"{corruption}/{severity}"
@@ -107,12 +84,7 @@ def corruption_cells(spec: RunSpec, suite_id: dict[str, Any]) -> list[Cell]:
     c = spec.corruptions
     if c is None:
         return []
-    names: list[str] = []
-    for n in c.names:
-        found = CORRUPTIONS.names(n) if "*" in n else [CORRUPTIONS.get(n) and n]
-        if not found:
-            raise ConfigError("corruptions.names", f"{n!r} matches no registered corruption")
-        names += [x for x in found if x not in names]
+    names = corruption_names(spec)
     return [Cell("corrupt", {"suite": suite_id, "domain": c.domain, "corruption": n, "severity": s, "seed": c.seed,
                              "subset": c.subset}, (), {"method": "corrupt", "task": corruption_set(n, s)},
                  version=_versioned(CORRUPT_VERSION, CORRUPTIONS.version(n)))
@@ -187,32 +159,16 @@ def cell_key(kind: str, version: str, config: dict[str, Any], deps: tuple[str, .
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _method_order(names: list[str]) -> list[str]:
-    """Listed methods plus what they require, each after its requirements."""
-    order: list[str] = []
-
-    def visit(n: str, stack: tuple[str, ...]) -> None:
-        if n in order:
-            return
-        if n in stack:
-            raise ConfigError("methods", f"methods require each other in a cycle: {' -> '.join(stack + (n,))}")
-        for r in METHODS.get(n).requires:
-            visit(r, stack + (n,))
-        order.append(n)
-
-    for n in names:
-        visit(n, ())
-    return order
-
-
-def _extra_evaluation(m: Any, adapted: dict[str, Cell], config: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+def _extra_evaluation(pm: PlannedMethod, adapted: dict[str, Cell], config: dict[str, Any]
+                      ) -> tuple[dict[str, Any], tuple]:
     """The evaluate cell's config and extra inputs: a method that overrides ``extra_models``
-    (WiSE-FT's curve) gets its required adapt cells, named in ``config["extra"]``."""
+    (WiSE-FT's curve) gets its required adapt cells (by label in ``adapted``), named in
+    ``config["extra"]``."""
+    m = pm.method
     if type(m).extra_models is Method.extra_models:
         return config, ()
-    names = list(m.requires)
-    return {**config, "extra": {"method": m.name, "params": m.params(), "inputs": names}}, \
-        tuple(adapted[r].key for r in names)
+    return {**config, "extra": {"method": pm.name, "params": m.params(), "inputs": list(m.requires)}}, \
+        tuple(adapted[r].key for r in pm.requires)
 
 
 def _evaluate_cell(config: dict[str, Any], adapted: Cell, pretrained: tuple[Cell, Cell], ckeys: tuple[str, ...],
@@ -227,19 +183,21 @@ def _evaluate_cell(config: dict[str, Any], adapted: Cell, pretrained: tuple[Cell
     return Cell.of("evaluate", config, inputs, labels, version=EVAL_VERSION)
 
 
-def _check_combining(methods: dict[str, Any]) -> None:
-    for name, m in methods.items():
-        if m.combines not in (None, "seeds", "tasks"):
-            raise ConfigError(f"methods.{name}", f"combines must be 'seeds' or 'tasks', got {m.combines!r}")
-        for r in m.requires:
-            if methods[r].combines:
-                raise ConfigError(f"methods.{name}", f"requires {r!r}, which combines models; nothing may require it")
+def _check_combining(methods: dict[str, PlannedMethod]) -> None:
+    for label, pm in methods.items():
+        if pm.method.combines not in (None, "seeds", "tasks"):
+            raise ConfigError(f"methods.{label}", f"combines must be 'seeds' or 'tasks', got {pm.method.combines!r}")
+        for r in pm.requires:
+            if methods[r].method.combines:
+                raise ConfigError(f"methods.{label}", f"requires {methods[r].name!r}, which combines models; nothing "
+                                                      "may require it")
 
 
-def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], task_names: list[str],
+def combined_cells(spec: RunSpec, methods: dict[str, PlannedMethod], task_names: list[str],
                    base: dict[str, Any], pretrained: tuple[Cell, Cell], ckeys: tuple[str, ...],
                    index: dict[tuple, tuple[Cell, Cell]], eval_config: dict[str, Any]) -> list[Cell]:
-    """Adapt and evaluate cells of methods that combine models (``Method.combines``):
+    """Adapt and evaluate cells of methods that combine models (``Method.combines``), by label
+    in ``methods`` (each after its requirements) and in ``index`` ((label, task, seed) -> cells):
 
     - ``"seeds"``: one per task over the required methods' models of every seed (and of
       every ``input_variants()`` override, whose adapt cells are added here), seed label None;
@@ -251,8 +209,8 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
     p = pretrained[0]
     out: list[Cell] = []
     seen: set[str] = set()
-    for name in order:
-        m = methods[name]
+    for label, pm in methods.items():
+        m = pm.method
         if not m.combines:
             continue
         if m.combines == "seeds":
@@ -264,33 +222,34 @@ def combined_cells(spec: RunSpec, methods: dict[str, Any], order: list[str], tas
         for task_label, seed_label, members in groups:
             deps: list[str] = []
             ingredients: list[list] = []
-            for r in m.requires:
+            for r, r_label in zip(m.requires, pm.requires):
+                rp = methods[r_label]
                 for v, override in enumerate(variants):
                     for t, s in members:
-                        a = index[(r, t, s)][0]
+                        a = index[(r_label, t, s)][0]
                         if override:
-                            params = {**methods[r].params(), **override}
+                            params = {**rp.method.params(), **override}
                             req = METHODS.create(r, **params)  # a bad override fails here, naming the field
                             a = Cell.of("adapt", {**a.config, "params": req.params()},
                                         {"pretrained": p.key,
-                                         "requires": tuple(index[(rr, t, s)][0].key for rr in req.requires)},
-                                        {**base, "method": f"{r}[{v}]", "task": t, "seed": s}, version=req.version)
+                                         "requires": tuple(index[(rr, t, s)][0].key for rr in rp.requires)},
+                                        {**base, "method": f"{r_label}[{v}]", "task": t, "seed": s},
+                                        version=req.version)
                             if a.key not in seen:
                                 seen.add(a.key)
                                 out.append(a)
                         deps.append(a.key)
                         ingredients.append([r, t, s, v])
-            labels = {**base, "method": name, "task": task_label, "seed": seed_label}
-            a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task_label, "seed": seed_label,
+            labels = {**base, "method": label, "task": task_label, "seed": seed_label}
+            a = Cell.of("adapt", {"method": pm.name, "params": m.params(), "task": task_label, "seed": seed_label,
                                   "combines": m.combines, "ingredients": ingredients,
                                   "val_fraction": spec.eval.val_fraction, "pretrain_sample": spec.eval.pretrain_sample,
                                   **compute_key(spec)},
                         {"pretrained": p.key, "ingredients": tuple(deps)}, labels, version=m.version)
             ev_config, refs = dict(eval_config), ()
             if m.combines == "tasks":
-                ref = m.requires[0]
-                ev_config.update(attacks=[], reference={"method": ref, "tasks": list(task_names)})
-                refs = tuple(index[(ref, t, seed_label)][1].key for t in task_names)
+                ev_config.update(attacks=[], reference={"method": m.requires[0], "tasks": list(task_names)})
+                refs = tuple(index[(pm.requires[0], t, seed_label)][1].key for t in task_names)
             out += [a, _evaluate_cell(ev_config, a, pretrained, ckeys, labels, task_refs=refs)]
     return out
 
@@ -321,20 +280,6 @@ def diagnose_cells(spec: RunSpec, cells: list[Cell], task_names: list[str], suit
                            {"backbone": backbone, "recipe": recipe, "method": method, "task": None, "seed": seed},
                            version=DIAGNOSE_VERSION))
     return out
-
-
-def outside_backbones(spec: RunSpec) -> dict[int, Any]:
-    """Index in ``spec.backbones`` -> ``BackboneEntry`` for outside backbones: the tables as the
-    spec's validation parsed them (``RunSpec.outside_entries``), and preset names; registered
-    names are checked, unknown ones fail listing the valid ones."""
-    out = spec.outside_entries
-    for i, b in enumerate(spec.backbones):
-        if i in out or (isinstance(b, str) and b in MODELS):
-            continue
-        if isinstance(b, str) and b not in external.list_presets():
-            raise UnknownNameError("model", b, MODELS.names() + external.list_presets())
-        out[i] = external.parse_entry(b, f"backbones[{i}]")
-    return dict(sorted(out.items()))
 
 
 def _pretrain_cells(spec: RunSpec, backbone: Any, entry: Any, suite_id: dict[str, Any], pt: dict[str, Any]
@@ -383,9 +328,7 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
     outside = outside_backbones(spec)  # unknown names fail here, listing the valid ones
     for r in spec.recipes:
         get_recipe(r)
-    params = {m.name: m.params for m in spec.methods}
-    order = _method_order([m.name for m in spec.methods])
-    methods = {n: METHODS.create(n, **params.get(n, {})) for n in order}
+    methods = method_table(spec)  # label -> method, each after its requirements (names.py)
     _check_combining(methods)
 
     corrupt = corruption_cells(spec, suite_id)
@@ -404,27 +347,27 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
                 for task in task_names:
                     cells.append(Cell.of("analysis", {"task": task, "analysis": analysis}, {"pretrained": p.key},
                                          {**base, "method": rows.ANALYSIS, "task": task}, version=ANALYSIS_VERSION))
-            index: dict[tuple, tuple[Cell, Cell]] = {}  # (method, task, seed) -> (adapt, evaluate)
+            index: dict[tuple, tuple[Cell, Cell]] = {}  # (label, task, seed) -> (adapt, evaluate)
             for seed in spec.seeds:
                 for task in task_names:
-                    adapted: dict[str, Cell] = {}
-                    for name in order:
-                        m = methods[name]
+                    adapted: dict[str, Cell] = {}  # label -> adapt cell
+                    for label, pm in methods.items():
+                        m = pm.method
                         if m.combines:  # after the loop: one cell over several seeds or tasks
                             continue
-                        labels = {**base, "method": name, "task": task, "seed": seed}
-                        a = Cell.of("adapt", {"method": name, "params": m.params(), "task": task, "seed": seed,
+                        labels = {**base, "method": label, "task": task, "seed": seed}
+                        a = Cell.of("adapt", {"method": pm.name, "params": m.params(), "task": task, "seed": seed,
                                               "val_fraction": spec.eval.val_fraction,
                                               "pretrain_sample": spec.eval.pretrain_sample, **compute_key(spec)},
-                                    {"pretrained": p.key, "requires": tuple(adapted[r].key for r in m.requires)},
+                                    {"pretrained": p.key, "requires": tuple(adapted[r].key for r in pm.requires)},
                                     labels, version=m.version)
-                        adapted[name] = a
-                        ev_config, extra = _extra_evaluation(m, adapted, {"suite": suite_id, "attacks": attacks,
-                                                                          **eval_key(spec)})
+                        adapted[label] = a
+                        ev_config, extra = _extra_evaluation(pm, adapted, {"suite": suite_id, "attacks": attacks,
+                                                                           **eval_key(spec)})
                         ev = _evaluate_cell(ev_config, a, (p, e0), ckeys, labels, extra=extra)
                         cells += [a, ev]
-                        index[(name, task, seed)] = (a, ev)
-            cells += combined_cells(spec, methods, order, task_names, base, (p, e0), ckeys, index,
+                        index[(label, task, seed)] = (a, ev)
+            cells += combined_cells(spec, methods, task_names, base, (p, e0), ckeys, index,
                                     {"suite": suite_id, "attacks": attacks, **eval_key(spec)})
     cells += diagnose_cells(spec, cells, task_names, suite_id)
     return cells

@@ -18,11 +18,14 @@ told, none is charged, and a cell in flight during ``MAX_WORKER_LOSSES`` such de
 recorded as failed. A finished cell whose artifact is missing or damaged (its size, and
 its SHA-256 when a pending cell is about to read it) is computed again.
 
+Finished cells take the labels of the current plan: a method's label is no part of a
+cell's key (engine/names.py), so a relabelled method reuses its cells under its new name.
 Every event is appended to ``events.jsonl`` in the output folder.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -80,6 +83,8 @@ class RunOptions:
             raise ConfigError("retries", "must be 0 or more")
         if self.threads is not None and not 1 <= self.threads <= 1024:
             raise ConfigError("threads", "must be between 1 and 1024")
+        if self.runner == "ray" and importlib.util.find_spec("ray") is None:  # before the grid is planned
+            raise ConfigError("runner", "the ray runner needs Ray: pip install 'ribench[ray]'")
 
 
 @dataclass
@@ -105,6 +110,21 @@ def select_tasks(spec: RunSpec, available: list[str]) -> list[str]:
         if t not in available:
             raise ConfigError("tasks", str(UnknownNameError(f"task of suite {spec.suite!r}", t, available)))
     return list(spec.tasks)
+
+
+def check_out_dir(out: Path) -> None:
+    """Raise DataError unless ``out`` can become (or already is) a run's folder: not a file, under
+    no file, in a writable folder. Checked before anything is computed."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"cannot write the run into {out}: it is a file, not a folder (give --out a new folder, or "
+                        "the folder of an earlier run to resume it)")
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(f"cannot write the run into {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(f"cannot write the run into {out}: folder {parent} is not writable")
 
 
 def environment(device: torch.device) -> dict[str, str]:
@@ -205,9 +225,13 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         spec = spec.model_copy(update={"threads": opts.threads})
     t_start = time.perf_counter()
     out = Path(out_dir)
+    check_out_dir(out)
     device = resolve_device(spec.device)
     suite, cells = plan_run(spec)  # a bad spec fails here, before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot write the run into {out}: {e.strerror or e}") from None
     if opts.kinds is not None:
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
@@ -217,6 +241,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
                                          "threads_per_cell": str(spec.threads),
                                          "precision": spec.precision, "compile": str(spec.compile),
                                          "loader_workers": str(spec.loader_workers)})
+    relabelled = store.relabel({c.key: c.labels for c in reversed(cells)})  # the first cell of a key wins
     ctx = WorkerContext(spec, str(out.resolve()), str(device))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     events = EventLog(out / "events.jsonl")
@@ -227,6 +252,8 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     clean_markers(out / ".workers")
     if removed:
         events("cleaned", files=[str(p) for p in removed])
+    if relabelled:  # a method's label changed, not what it computes (engine/names.py)
+        events("relabelled", cells=len(relabelled))
 
     def end() -> None:
         result.seconds = time.perf_counter() - t_start

@@ -1,5 +1,9 @@
 """The run spec: a TOML or YAML file, validated; errors name the field.
 
+Validation covers every name too: an unknown backbone, method, attack, estimator or
+corruption, or an outside backbone whose optional package does not import, fails when
+the spec is loaded (``parse_spec``, through ``names.check_names``), not when a cell runs.
+
 Example (the ``quick`` preset)::
 
     name = "quick"
@@ -8,6 +12,7 @@ Example (the ``quick`` preset)::
     backbones = ["mlp", "cnn"]
     recipes = ["narrow", "rich"]
     methods = ["ft", "lp", "lpft"]     # or tables: [[methods]] name = "ft" params = {epochs = 3}
+                                       # (a method listed twice is a sweep: docs/methods.md)
     tasks = ["mnist-v2", "fonts", "mnistm"]   # or "all"
     seeds = [0]
     threads = 1                        # CPU threads every cell computes with (the default)
@@ -29,6 +34,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from ..core import rows
 from ..core.errors import ConfigError
 
 
@@ -38,8 +44,27 @@ class _Strict(BaseModel):
 
 
 class MethodEntry(_Strict):
+    """One method of the run; the same method may be listed several times with other params (a
+    sweep), each entry then named by its label (engine/names.py, docs/methods.md)."""
+
     name: str = Field(description="registered method name")
     params: dict[str, Any] = Field(default_factory=dict, description="hyperparameters of the method's Config")
+    label: str | None = Field(None, description="what its cells and result rows are called (default: the name, or, "
+                              "for several entries of one method, the name and the params in which they differ, "
+                              "e.g. lora[r=4])")
+    requires: dict[str, str] = Field(default_factory=dict, description="required method -> label of the entry that "
+                                     "gives it, when the spec has several entries of it, e.g. {ft = \"ft[lr=0.0001]\"}")
+
+    @field_validator("label")
+    @classmethod
+    def _plain_label(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v or v != v.strip() or len(v) > 128 or not v.isprintable():
+            raise ValueError(f"{v!r} is not a label: 1 to 128 printable characters, no space at either end")
+        if v in (rows.PRETRAINED, rows.ANALYSIS, "corrupt"):
+            raise ValueError(f"{v!r} already names other rows of a run; choose another label")
+        return v
 
 
 class PretrainSpec(_Strict):
@@ -224,12 +249,17 @@ def _field_path(loc: tuple) -> str:
     return out
 
 
-def parse_spec(data: dict[str, Any], source: str = "spec", base_dir: str | Path | None = None) -> RunSpec:
-    """Validate a dict into a RunSpec; a ConfigError names the first bad field."""
+def parse_spec(data: dict[str, Any], source: str = "spec", base_dir: str | Path | None = None,
+               check_packages: bool = True) -> RunSpec:
+    """Validate a dict into a RunSpec; a ConfigError names the first bad field.
+
+    Every name is resolved against its registry here (``names.check_names``), and, with
+    ``check_packages``, the optional packages the outside backbones need must import.
+    """
     if not isinstance(data, dict):
         raise ConfigError("", f"{source}: the spec must be a table/mapping, got {type(data).__name__}")
     try:
-        return RunSpec.model_validate(data, context={"base_dir": base_dir})
+        spec = RunSpec.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as e:
         err = e.errors()[0]
         field = _field_path(tuple(err["loc"]))
@@ -237,6 +267,10 @@ def parse_spec(data: dict[str, Any], source: str = "spec", base_dir: str | Path 
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         raise ConfigError(field, f"{msg} (in {source})") from None
+    from .names import check_names  # the layers the names live in, imported once a spec is read
+
+    check_names(spec, packages=check_packages)
+    return spec
 
 
 def load_spec(path: str | Path) -> RunSpec:
