@@ -277,7 +277,7 @@ class ResultsStore:
 
     @_guarded
     def cell_configs(self, kind: str | None = None) -> dict[str, dict[str, Any]]:
-        """Key -> (kind, labels, config) as recorded, of every finished cell (of ``kind`` only, when given)."""
+        """Key -> {kind, labels, config} as recorded, for every finished cell (of ``kind`` only, when given)."""
         q = "SELECT key, kind, labels, config FROM cells WHERE status = 'done'"
         rows = self.conn.execute(q + (" AND kind = ?" if kind else ""), (kind,) if kind else ())
         return {k: {"kind": kd, "labels": json.loads(lab), "config": json.loads(cfg)} for k, kd, lab, cfg in rows}
