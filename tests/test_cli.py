@@ -87,7 +87,10 @@ def test_list_json(capsys):
     assert main(["list", "models", "--format", "json"]) == 0
     models = {m["name"]: m["kind"] for m in json.loads(capsys.readouterr().out)}
     assert all(models[n] == "built-in backbone" for n in ("mlp", "cnn", "resnet", "vit"))
-    assert models["prompted"] == models["dawin"] == "adapted (made by a method)"
+    from ribench.core.registry import ADAPTED_MODELS
+
+    assert {"prompted", "dawin", "with_head"} <= set(ADAPTED_MODELS.names())
+    assert not set(ADAPTED_MODELS.names()) & set(models)  # what methods make is no backbone
     from ribench.models.external import presets
 
     assert {n for n, k in models.items() if k.startswith("preset")} == set(presets()) >= {"vit_b16_in21k"}
@@ -237,3 +240,74 @@ def test_list_estimators_and_corruptions(capsys):
     assert names == {"logme", "leep", "nce", "hscore", "gbc", "knn"}
     assert main(["list", "corruptions", "--filter", "imagenet-c/*", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 19
+
+
+def test_list_attacks_gives_names_norms_and_budgets(capsys):
+    from ribench.evaluate.attacks import ATTACKS, autoattack_available
+
+    assert main(["list", "attacks", "--format", "json"]) == 0
+    items = {a["name"]: a for a in json.loads(capsys.readouterr().out)}
+    assert set(items) == set(ATTACKS) | {"autoattack"}
+    for name, spec in ATTACKS.items():
+        a = items[name]
+        assert a["norm"] == spec.norm and a["kind"] == ("black-box" if spec.blackbox else "white-box")
+        assert {"eps": a["eps"], **a["budgets"]} == dict(spec.budget) and a["available"]
+    assert items["autoattack"]["available"] == autoattack_available()
+    assert main(["list", "attacks", "--filter", "pgd_*"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[:3] for ln in lines] == [["pgd_l2", "l2", "white-box"], ["pgd_linf", "linf", "white-box"]]
+    assert "steps=20" in lines[1]
+
+
+def test_version_and_quiet_on_every_subcommand(capsys):
+    import argparse
+
+    from ribench import __version__
+    from ribench.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ribench {__version__}"
+
+    def commands(parser, path=()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield path + (name,), sub
+                    yield from commands(sub, path + (name,))
+
+    found = list(commands(build_parser()))
+    assert len(found) >= 14
+    for path, sub in found:
+        assert "--quiet" in sub._option_string_actions, path
+    # given before or after the subcommand; absent: not quiet
+    parser = build_parser()
+    assert parser.parse_args(["status", "d", "--quiet"]).quiet and parser.parse_args(["--quiet", "status", "d"]).quiet
+    assert not parser.parse_args(["status", "d"]).quiet and parser.parse_args(["data", "verify", "x", "--quiet"]).quiet
+
+
+def test_out_naming_a_file_is_a_clear_error_before_anything_runs(tmp_path, capsys):
+    spec = tmp_path / "spec.toml"
+    spec.write_text(TINY_DEMO)
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for out, why in [(taken, "it is a file, not a folder"), (taken / "below", f"{taken} is a file, not a folder")]:
+        assert main(["run", str(spec), "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write the run into {out}: {why}" in err and "Traceback" not in err
+    assert taken.read_text() == "not a folder"
+
+
+def test_pretrain_checks_its_output_before_training(tmp_path, capsys, monkeypatch):
+    import ribench.models.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "pretrain_backbone", lambda *a, **k: pytest.fail("trained before checking --out"))
+    taken = tmp_path / "taken"
+    taken.write_text("")
+    for out, why in [(taken / "m.safetensors", f"{taken} is a file, not a folder"),
+                     (tmp_path, "is a folder; name the file"), (tmp_path / "m.pt", "name the file *.safetensors")]:
+        assert main(["pretrain", "--backbone", "mlp", "--device", "cpu", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ribench: error: --out: ") and why in err, err
+    assert main(["pretrain", "--backbone", "dawin", "--out", str(tmp_path / "d.safetensors")]) == 2
+    assert "unknown model 'dawin'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import fnmatch
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -35,14 +36,15 @@ def _given_spec(a: argparse.Namespace):
     return load_spec(a.spec) if a.spec else load_preset(a.preset)
 
 
-def _stored_spec(run_dir: str):
-    """The spec a run folder was made with (its spec.json)."""
+def _stored_spec(run_dir: str, check_packages: bool = True):
+    """The spec a run folder was made with (its spec.json); ``check_packages=False`` reads it
+    without the optional packages its outside backbones need (to look at the run, not to run it)."""
     from .engine.spec import parse_spec
 
     spec_path = Path(run_dir) / "spec.json"
     if not spec_path.is_file():
         raise RibenchError(f"{run_dir} holds no run (no spec.json); start one with `ribench run --out {run_dir}`")
-    return parse_spec(json.loads(spec_path.read_text()), source=str(spec_path))
+    return parse_spec(json.loads(spec_path.read_text()), source=str(spec_path), check_packages=check_packages)
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -106,7 +108,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
 
     store = open_store(a.dir)
     try:
-        keys = [c.key for c in plan_run(_stored_spec(a.dir))[1]]
+        keys = [c.key for c in plan_run(_stored_spec(a.dir, check_packages=False))[1]]
         status = store.statuses()
         running = store.live_claims(stale_after=120.0)
         failed = store.cells("failed")
@@ -128,19 +130,71 @@ def _cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def _writable_file(path: Path, flag: str) -> None:
+    """Raise ConfigError (naming ``flag``) unless ``path`` can be written: a ``.safetensors`` name,
+    not a folder, under no file, in a writable folder. Checked before anything is computed."""
+    from .core.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(flag, f"{path} is a folder; name the file to write, e.g. {path / 'model.safetensors'}")
+    if path.suffix != ".safetensors":
+        raise ConfigError(flag, f"{path}: weights are written as safetensors; name the file *.safetensors")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(flag, f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(flag, f"cannot write {path}: folder {parent} is not writable")
+
+
 def _cmd_pretrain(a: argparse.Namespace) -> int:
+    from . import models  # noqa: F401  (registers the backbones)
     from .data import build_suite
     from .models.checkpoint import save_model
     from .models.pretrain import PretrainConfig, get_recipe, pretrain_backbone
 
-    get_recipe(a.recipe)  # an unknown recipe fails before the suite is built
+    # everything that would fail after training fails before it: the name, the recipe, the output file
+    MODELS.get(a.backbone)
+    get_recipe(a.recipe)
+    out = Path(a.out or f"{a.backbone}-{a.recipe}.safetensors")
+    _writable_file(out, "--out")
     suite = build_suite(a.suite, seed=a.data_seed)
     model, info = pretrain_backbone(a.backbone, suite, a.recipe, PretrainConfig(epochs=a.epochs), a.seed,
                                     resolve_device(a.device))
-    out = Path(a.out or f"{a.backbone}-{a.recipe}.safetensors")
     save_model(model.cpu(), out, {"suite": suite.name, "recipe": a.recipe})
     print(f"pretrained {a.backbone} ({a.recipe}) in {info['train_seconds']:.1f} s -> {out}")
     return 0
+
+
+def _attack_items(pattern: str) -> list[dict]:
+    """The registered attacks (and autoattack, when torchattacks is missing) for `ribench list attacks`."""
+    from .evaluate.attacks import ATTACKS, autoattack_available
+
+    items = []
+    for name in sorted(ATTACKS):
+        if not fnmatch.fnmatch(name, pattern):
+            continue
+        spec = ATTACKS[name]
+        budget = dict(spec.budget)
+        items.append({"name": name, "description": f"{spec.label}: {spec.paper}", "norm": spec.norm,
+                      "kind": "black-box" if spec.blackbox else "white-box",
+                      "eps": budget.pop("eps"), "eps_unit": "pixels" if spec.norm == "l0" else "[0, 1] pixel units",
+                      "budgets": budget, "available": True})
+    if not autoattack_available() and fnmatch.fnmatch("autoattack", pattern):
+        items.append({"name": "autoattack", "description": "AutoAttack (Croce & Hein 2020), through torchattacks",
+                      "norm": "linf", "kind": "white-box", "eps": 0.1, "eps_unit": "[0, 1] pixel units",
+                      "budgets": {}, "available": False,
+                      "needs": "the torchattacks package: pip install --no-deps torchattacks"})
+    return items
+
+
+def _print_attacks(items: list[dict]) -> None:
+    for it in items:
+        budgets = " ".join(f"{k}={v}" for k, v in it["budgets"].items())
+        line = (f"{it['name']:<12} {it['norm']:<5} {it['kind']:<10} eps={it['eps']:g} ({it['eps_unit']})"
+                + (f", {budgets}" if budgets else "") + f"  {it['description']}")
+        print(line + (f" [needs {it['needs']}]" if not it["available"] else ""))
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
@@ -149,6 +203,13 @@ def _cmd_list(a: argparse.Namespace) -> int:
     from .methods.base import describe_config
     from .models.external import presets
 
+    if a.what == "attacks":
+        items = _attack_items(a.filter)
+        if a.format == "json":
+            print(json.dumps(items, indent=2, default=str))
+        else:
+            _print_attacks(items)
+        return 0
     reg = {"models": MODELS, "methods": METHODS, "suites": SUITES, "estimators": ESTIMATORS,
            "corruptions": CORRUPTIONS}[a.what]
     items = []
@@ -161,9 +222,9 @@ def _cmd_list(a: argparse.Namespace) -> int:
             item["params"] = describe_config(obj.Config) if dataclasses.is_dataclass(obj.Config) else []
         if a.what == "suites":
             item["data"] = suite_data_state(name, getattr(a, "root", None))
-        if a.what == "models":
-            made = getattr(obj, "__module__", "").startswith("ribench.methods")
-            item["kind"] = "adapted (made by a method)" if made else "built-in backbone"
+        if a.what == "models":  # backbones only: the kinds methods make are in their own registry
+            item["kind"] = "built-in backbone" if getattr(obj, "__module__", "").startswith("ribench.") else \
+                "backbone (plugin)"
         items.append(item)
     if a.what == "models":  # outside backbones by preset name (docs/backbones.md)
         items += [{"name": n, "description": p.get("description", ""), "kind": "preset (outside backbone)",
@@ -180,10 +241,41 @@ def _cmd_list(a: argparse.Namespace) -> int:
     return 0
 
 
+def method_configs(run_dir: str | Path) -> list[dict]:
+    """Each method label of a run with its registered method and full hyperparameters, as its
+    adapt cells recorded them (one entry per distinct label, method and params)."""
+    from .report.markdown import open_store
+
+    store = open_store(run_dir)
+    try:
+        adapt = store.cell_configs("adapt")
+    finally:
+        store.close()
+    out: dict[str, dict] = {}
+    for rec in adapt.values():
+        label, cfg = rec["labels"].get("method"), rec["config"]
+        item = {"label": label, "method": cfg.get("method"), "params": cfg.get("params", {})}
+        out.setdefault(json.dumps(item, sort_keys=True, default=str), item)
+    return sorted(out.values(), key=lambda it: (str(it["label"]), json.dumps(it["params"], sort_keys=True)))
+
+
 def _cmd_results(a: argparse.Namespace) -> int:
     from .report.export import export_results, results_rows, rows_to_text
     from .report.markdown import print_summary
 
+    if a.methods:
+        items = method_configs(a.dir)
+        if a.format == "json":
+            print(json.dumps(items, indent=2, default=str))
+        elif a.format == "csv":
+            print("label,method,params")
+            for it in items:
+                params = json.dumps(it["params"], sort_keys=True, default=str).replace('"', '""')
+                print(f'{it["label"]},{it["method"]},"{params}"')
+        else:
+            for it in items:
+                print(f"{it['label']:<24} {it['method']:<16} {json.dumps(it['params'], sort_keys=True, default=str)}")
+        return 0
     if a.format == "table":
         print_summary(a.dir)
     elif a.out or a.format == "parquet":
@@ -227,7 +319,6 @@ def _runner_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local cluster)")
     p.add_argument("--retries", type=int, default=0, help="times a failing cell is retried before it is recorded failed")
     p.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry, doubling each time")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or tables (for CI)")
 
 
 def _cmd_data_get(a: argparse.Namespace) -> int:
@@ -266,9 +357,25 @@ def _cmd_data_show_corruptions(a: argparse.Namespace) -> int:
     return 0
 
 
+QUIET_HELP = "no progress bars, tables or notes on stderr (for CI); results still print"
+
+
+class _Command(argparse.ArgumentParser):
+    """The parser of a subcommand (and of theirs): every one accepts ``--quiet``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand not given --quiet keeps what `ribench --quiet ...` set
+        self.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="ribench", description="Measure what adapting a pretrained model does to its robustness.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"ribench {__version__}")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Command)
 
     r = sub.add_parser("run", help="run (or resume) a spec: pretrain, adapt, evaluate, report")
     r.add_argument("spec", nargs="?", help="TOML or YAML spec file (default: the --preset)")
@@ -290,7 +397,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--preset", choices=list(PRESETS), default="quick")
     pr.add_argument("--out", help="output folder (default: runs/<spec name>; shared with `ribench run`)")
     pr.add_argument("--device")
-    pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(fn=_cmd_predict)
 
     rt = sub.add_parser("retry", help="rerun the failed cells of a run (and whatever they block)")
@@ -314,8 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", help="safetensors file (default: <backbone>-<recipe>.safetensors)")
     pt.set_defaults(fn=_cmd_pretrain)
 
-    ls = sub.add_parser("list", help="list registered models, methods, suites, estimators or corruptions")
-    ls.add_argument("what", choices=["models", "methods", "suites", "estimators", "corruptions"])
+    ls = sub.add_parser("list", help="list backbones, methods, suites, estimators, corruptions or attacks")
+    ls.add_argument("what", choices=["models", "methods", "suites", "estimators", "corruptions", "attacks"],
+                    help="models: the backbones (registered, and outside presets); attacks: with their norm, "
+                         "default radius and budgets")
     ls.add_argument("--filter", default="*", help="glob on names")
     ls.add_argument("--format", choices=["table", "json"], default="table")
     ls.add_argument("--root", help="data root for the suites' data state (default: $RIBENCH_DATA, else "
@@ -326,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("dir")
     rs.add_argument("--format", choices=["table", "json", "csv", "parquet"], default="table")
     rs.add_argument("--out", help="write to this file instead of printing (default for parquet: DIR/results.parquet)")
+    rs.add_argument("--methods", action="store_true",
+                    help="print each method label of the run with its method and full hyperparameters instead "
+                         "(table, json or csv)")
     rs.set_defaults(fn=_cmd_results)
 
     rp = sub.add_parser("report", help="write the HTML report (report.html) and the Markdown report of a run")
@@ -356,7 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     dg = dsub.add_parser("get", help="download, check (SHA-256) and extract a known dataset, or print its manual step")
     dg.add_argument("name", help="a dataset of the registry (docs/datasets.md)")
     dg.add_argument("--root", help=root_help)
-    dg.add_argument("--quiet", action="store_true")
     dg.add_argument("--allow-unverified", action="store_true",
                     help="extract archives that have no published checksum (their members are still checked)")
     dg.set_defaults(fn=_cmd_data_get)
