@@ -150,12 +150,14 @@ def main(runs: Path) -> dict:
     # TIES against task arithmetic as tasks are added
     series = {m: [(n, C.over_seeds(C.merged_values(r, m, backbone=BACKBONE, recipe="narrow")))
                   for n, r in merges.items()] for m in ("task_arithmetic", "ties")}
-    comps = {}
-    for n, r in merges.items():
+    comps, gaps = {}, {}
+    for n, r in merges.items():  # one value per seed, in seed order (metric_rows sorts by seed)
         ta = C.merged_values(r, "task_arithmetic", backbone=BACKBONE, recipe="narrow")
         ti = C.merged_values(r, "ties", backbone=BACKBONE, recipe="narrow")
-        comps[f"norm. acc TIES − TA, {n} tasks (over seeds)"] = (
-            C.over_seeds([a - b for a, b in zip(ti, ta)]), "greater")
+        gaps[n] = [a - b for a, b in zip(ti, ta)]
+        comps[f"norm. acc TIES − TA, {n} tasks (over seeds)"] = (C.over_seeds(gaps[n]), "greater")
+    comps["(TIES − TA at 9 tasks) − (at 2 tasks), per seed"] = (
+        C.over_seeds([b - a for a, b in zip(gaps[2], gaps[9])]), "greater")
     report("ties", "TIES merges better than task arithmetic as tasks are added", comps,
            C.lines_figure(series, xlabel="tasks merged", ylabel="normalised accuracy (%)",
                           title="Merged model's accuracy / each task's fine-tuned model"))
