@@ -316,3 +316,15 @@ def test_presets_parse_and_plan(preset):
     if preset in ("methods", "full"):  # every method the package registers, side by side
         builtin = {n for n in METHODS.names() if METHODS.get(n).__module__.startswith("ribench.")}
         assert {m.name for m in spec.methods} == builtin
+
+
+def test_the_ray_runner_without_ray_fails_before_anything_is_planned(monkeypatch):
+    import importlib.util
+
+    from ribench.engine.runner import RunOptions
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^runner: the ray runner needs Ray: pip install 'ribench\[ray\]'"):
+        RunOptions(runner="ray")
+    assert RunOptions(runner="pool").runner == "pool"

@@ -11,7 +11,8 @@ A user adds a component with one decorated function or class::
     def mymodel(num_classes=10, **kw): ...
 
 or, without touching the package, through an entry point in the group
-``ribench.<kind>s`` (for example ``ribench.models``) whose value is the object to
+``ribench.<kind>s`` (for example ``ribench.models``; ``ribench.adapted_models`` for the
+kinds a plugin's methods make, ``@register_adapted_model``) whose value is the object to
 register under the entry point's name, or by naming modules to import in the
 environment variable ``RIBENCH_PLUGINS`` (comma-separated), which worker processes of
 the pool and Ray runners inherit.
