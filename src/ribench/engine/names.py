@@ -30,7 +30,6 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..core import rows
 from ..core.errors import ConfigError, RibenchError, UnknownNameError
 from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS, SUITES
 
@@ -46,8 +45,6 @@ if TYPE_CHECKING:
 
 # the source kind of an outside backbone -> (the package it imports, the extra that installs it)
 OPTIONAL_PACKAGES = {"timm": ("timm", "timm"), "hf": ("transformers", "hf")}
-# method labels that already name rows of their own
-RESERVED_LABELS = (rows.PRETRAINED, rows.ANALYSIS, "corrupt")
 
 
 class UnknownSpecName(ConfigError, UnknownNameError):

@@ -58,8 +58,8 @@ from ..core.registry import CORRUPTIONS, METHODS, MODELS
 from ..models import external
 from ..models.pretrain import get_recipe
 from ..methods.base import Method
-from .names import (PlannedMethod, attack_configs, corruption_names, estimator_versions, method_table,  # noqa: F401
-                    outside_backbones)  # attack_configs, estimator_versions, outside_backbones: also read from here
+from .names import (PlannedMethod, attack_configs, corruption_names, estimator_versions, method_table,
+                    outside_backbones)
 from .spec import RunSpec
 
 EVAL_VERSION = "3"  # 3: mCE against the reference's errors at the evaluated severities; NaN metrics fail

@@ -43,6 +43,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+RESERVED_LABELS = (rows.PRETRAINED, rows.ANALYSIS, "corrupt")  # methods of the rows of m0, predictors, corruptions
+
+
 class MethodEntry(_Strict):
     """One method of the run; the same method may be listed several times with other params (a
     sweep), each entry then named by its label (engine/names.py, docs/methods.md)."""
@@ -62,7 +65,7 @@ class MethodEntry(_Strict):
             return v
         if not v or v != v.strip() or len(v) > 128 or not v.isprintable():
             raise ValueError(f"{v!r} is not a label: 1 to 128 printable characters, no space at either end")
-        if v in (rows.PRETRAINED, rows.ANALYSIS, "corrupt"):
+        if v in RESERVED_LABELS:
             raise ValueError(f"{v!r} already names other rows of a run; choose another label")
         return v
 
