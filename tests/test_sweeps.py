@@ -4,6 +4,8 @@ is no part of a key (relabelled cells are reused and their stored rows renamed).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sqlite3
 
@@ -117,6 +119,10 @@ def test_a_sweep_runs_and_a_relabelled_method_reuses_its_cells(tmp_path, capsys)
     listed = json.loads(capsys.readouterr().out)
     assert listed == [{"label": f"lp[max_iter={n}]", "method": "lp",
                        "params": json.loads(json.dumps(METHODS.create("lp", max_iter=n).params()))} for n in (20, 40)]
+    assert main(["results", str(tmp_path), "--methods", "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["label"], r["method"], json.loads(r["params"])) for r in table] == \
+        [(it["label"], it["method"], it["params"]) for it in listed]
     # new labels: nothing recomputes, every stored row takes the new label
     relabelled = [{**sweep[0], "label": "short"}, {**sweep[1], "label": "long"}]
     again = run(tiny_spec(methods=relabelled, **base), tmp_path, quiet=True)

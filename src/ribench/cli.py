@@ -268,10 +268,12 @@ def _cmd_results(a: argparse.Namespace) -> int:
         if a.format == "json":
             print(json.dumps(items, indent=2, default=str))
         elif a.format == "csv":
-            print("label,method,params")
-            for it in items:
-                params = json.dumps(it["params"], sort_keys=True, default=str).replace('"', '""')
-                print(f'{it["label"]},{it["method"]},"{params}"')
+            import csv
+
+            w = csv.writer(sys.stdout, lineterminator="\n")
+            w.writerow(["label", "method", "params"])
+            w.writerows([it["label"], it["method"], json.dumps(it["params"], sort_keys=True, default=str)]
+                        for it in items)
         else:
             for it in items:
                 print(f"{it['label']:<24} {it['method']:<16} {json.dumps(it['params'], sort_keys=True, default=str)}")
