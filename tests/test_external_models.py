@@ -241,6 +241,87 @@ def test_head_with_other_classes_needs_reset_head(tmp_path):
         assert torch.allclose(model.features(x), net.embed(naive_preprocess(x)), atol=1e-6)
 
 
+def test_reset_head_replaces_a_head_of_the_same_class_count(tmp_path):
+    net = raw_net()  # 3 classes, as the suite
+    spec = spec_with(entry(tmp_path, net, reset_head=True))
+    torch.manual_seed(5)
+    model = m0_of(spec)
+    torch.manual_seed(5)
+    again = m0_of(spec)
+    x = images()
+    assert model.head.out_features == 3
+    assert not torch.equal(model.head.weight, net.fc.weight)  # a fresh head, not the module's
+    assert torch.equal(model.head.weight, again.head.weight)  # seeded: the same RNG state, the same head
+    torch.manual_seed(6)
+    assert not torch.equal(m0_of(spec).head.weight, model.head.weight)
+    with torch.no_grad():
+        assert torch.allclose(model.features(x), net.embed(naive_preprocess(x)), atol=1e-6)
+    kept = m0_of(spec_with(entry(tmp_path, net)))
+    assert torch.equal(kept.head.weight, net.fc.weight)
+
+
+def test_reset_head_keys_and_keys_without_it(tmp_path):
+    """Without reset_head the pretrain key is the one of the format before reset_head always reset;
+    with it the key differs (a run that kept the head is not reused)."""
+    import hashlib
+
+    from ribench.engine.plan import cell_key
+
+    ent = entry(tmp_path)
+    p = next(c for c in plan(spec_with(ent), ["t1"], SUITE_ID) if c.kind == "pretrain")
+    given = {"source": SOURCE, "weights": hashlib.sha256((tmp_path / "tiny.safetensors").read_bytes()).hexdigest(),
+             "input": {"channels": 1, "size": 12, "mean": (MEAN,), "std": (STD,)}, "reset_head": False,
+             "version": "1", "code_version": "1"}
+    config = {"suite": SUITE_ID, "backbone": "mine", "recipe": "given", "given": given}
+    assert p.key == cell_key("pretrain", "1", config, ())
+    r = next(c for c in plan(spec_with({**ent, "reset_head": True}), ["t1"], SUITE_ID) if c.kind == "pretrain")
+    assert r.config["given"]["reset_head"] == "always" and r.config["seed"] == 0 and r.key != p.key
+
+
+def test_kept_head_warns_when_its_labels_are_not_the_suites():
+    from ribench.models.external import HeadLabelWarning, head_label_mismatch, label_names
+
+    class Cfg:
+        id2label = {0: "cat", 1: "dog", 2: "bird"}
+
+    net = raw_net()
+    assert label_names(net) is None  # a plain module says nothing: no warning is possible
+    net.config = Cfg()
+    assert label_names(net) == ["cat", "dog", "bird"]
+    Cfg.id2label = {"1": "LABEL_1", "0": "LABEL_0", "2": "LABEL_2"}  # transformers' placeholders
+    assert label_names(net) is None
+    assert head_label_mismatch(["Cat", "hot_dog"], ["cat", "hot dog"]) is None
+    assert "do not include the suite's classes '0', '1'" in head_label_mismatch(["cat", "dog"], ["0", "1"])
+    assert "another order" in head_label_mismatch(["dog", "cat"], ["cat", "dog"])
+
+    class Timmish(torch.nn.Module):
+        pretrained_cfg = {"label_names": ("a", "b")}
+
+    assert label_names(Timmish()) == ["a", "b"]
+
+
+def test_hf_kept_head_of_other_labels_warns(tmp_path):
+    import warnings
+
+    transformers = pytest.importorskip("transformers")
+    from ribench.models.external import HeadLabelWarning
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=16,
+                                    id2label={0: "cat", 1: "dog", 2: "bird"}, label2id={"cat": 0, "dog": 1, "bird": 2})
+    folder = tmp_path / "animals"
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    table = {"source": f"hf:{folder}", "input": {"size": 8, "channels": 3}}
+    with pytest.warns(HeadLabelWarning, match=r"backbones\[0\]: the kept head of 'animals' was trained on labels "
+                                              r"\['cat', 'dog', 'bird'\].*'0', '1', '2'.*reset_head = true"):
+        build(parse_entry(table, "backbones[0]"), class_names=("0", "1", "2"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build(parse_entry(table), class_names=("Cat", "dog", "bird"))  # its own classes: no warning
+        build(parse_entry({**table, "reset_head": True}), class_names=("0", "1", "2"))  # a fresh head: none either
+
+
 def test_relative_weights_paths_are_relative_to_the_spec_file(tmp_path):
     from ribench.engine import load_spec
 

@@ -190,7 +190,7 @@ def _load_given(ws: Workspace, cell: Cell) -> CellResult:
                               "after the run was planned; run again to plan with the new file")
     seed_everything(derive_seed("init", c.get("seed", 0), c["backbone"], c["recipe"]))
     t0 = time.perf_counter()
-    model = external.build(entry, ws.suite.num_classes, ws.spec.trust_checkpoint).to(ws.device)
+    model = external.build(entry, ws.suite.num_classes, ws.spec.trust_checkpoint, ws.suite.classes).to(ws.device)
     info = {"load_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
     ws.save(cell.key, model)
     return CellResult(info=info)

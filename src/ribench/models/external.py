@@ -45,13 +45,15 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -270,8 +272,9 @@ def _sha_of(path: str, what: str) -> str:
 def identity(entry: BackboneEntry) -> dict[str, Any]:
     """What identifies an outside backbone's pretrained model in a cell key.
 
-    The source, feature layer, head, input spec, kwargs, ``reset_head`` and the entry's
-    ``version``; the SHA-256 of the weights file (or of every file of a Hugging Face
+    The source, feature layer, head, input spec, kwargs, ``reset_head`` (``"always"`` when
+    set, so that runs planned when it only replaced a head of another class count are not
+    reused) and the entry's ``version``; the SHA-256 of the weights file (or of every file of a Hugging Face
     folder) instead of its path, so that a changed file changes the key and a moved one
     does not. Raises CheckpointError when the file or folder is missing.
     """
@@ -279,6 +282,8 @@ def identity(entry: BackboneEntry) -> dict[str, Any]:
     for k in ("name", "preset", "download", "recipe"):
         out.pop(k, None)
     out["code_version"] = VERSION
+    if entry.reset_head:  # the head is replaced even when its class count fits (before: only when it did not)
+        out["reset_head"] = "always"
     if entry.weights is not None:
         out["weights"] = _sha_of(entry.weights, "weights file")
     if entry.kind == "hf" and _is_folder_ref(entry.target):
@@ -565,14 +570,21 @@ def _load_weights(net: nn.Module, path: str, trust_checkpoint: bool) -> None:
     load_into(net, state_dict, path)
 
 
-def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint: bool = False) -> ExternalModel:
+def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint: bool = False,
+          class_names: Sequence[str] | None = None) -> ExternalModel:
     """The pretrained model m0 of an outside backbone, on CPU, in eval mode.
 
-    ``num_classes``: the suite's classes; when the module's head has another count the
-    entry must say ``reset_head = true`` (a fresh head from the global RNG) or it is a
-    ConfigError. Weight problems are CheckpointErrors naming the file.
+    ``num_classes``: the suite's classes (default: ``len(class_names)``). ``reset_head =
+    true`` always gives the model a fresh head of that many classes (from the global RNG,
+    which the engine seeds from ``[pretrain] seed``). Without it the module's head is kept:
+    a head with another class count is a ConfigError, and a head whose label names (a
+    Hugging Face config's ``id2label``, a timm ``pretrained_cfg``'s ``label_names``) are not
+    ``class_names`` in order gets a ``HeadLabelWarning``. Weight problems are
+    CheckpointErrors naming the file.
     """
     where, kind, target = entry.where, entry.kind, entry.target
+    if num_classes is None and class_names is not None:
+        num_classes = len(class_names)
     if kind == "module":
         net = _module_net(target, entry.kwargs, where, trust_checkpoint)
         if entry.weights is not None:
@@ -595,13 +607,66 @@ def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint
         head = entry.head or (getattr(net, "pretrained_cfg", None) or {}).get("classifier")
         call = "positional"
         info = {"source": entry.source, "kwargs": entry.kwargs}
+    labels = label_names(net)
     model = wrap_module(net.cpu(), spec, head, entry.feature_layer, call, info, where)
-    if num_classes is not None and model.num_classes != num_classes:
-        if not entry.reset_head:
-            raise ConfigError(f"{where}.reset_head", f"the head of {entry.name!r} has {model.num_classes} classes but "
-                                                     f"the suite has {num_classes}; set reset_head = true to replace it")
-        replace_head(model, num_classes)
+    if entry.reset_head:
+        replace_head(model, num_classes if num_classes is not None else model.num_classes)
+    elif num_classes is not None and model.num_classes != num_classes:
+        raise ConfigError(f"{where}.reset_head", f"the head of {entry.name!r} has {model.num_classes} classes but "
+                                                 f"the suite has {num_classes}; set reset_head = true to replace it")
+    elif class_names is not None and labels is not None:
+        problem = head_label_mismatch(labels, class_names)
+        if problem:
+            warnings.warn(f"{where}: the kept head of {entry.name!r} {problem}; its logits do not score the "
+                          "suite's classes. Set reset_head = true to train a fresh head", HeadLabelWarning,
+                          stacklevel=2)
     return model.eval()
+
+
+class HeadLabelWarning(UserWarning):
+    """A kept head was trained on other classes than the suite's (``build``)."""
+
+
+_PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")  # transformers' id2label when the config names no classes
+
+
+def label_names(net: nn.Module) -> list[str] | None:
+    """The class names of ``net``'s head, in logit order, when the module carries them: a
+    Hugging Face config's ``id2label`` (unless it holds only the ``LABEL_<i>`` placeholders) or
+    a timm ``pretrained_cfg``'s ``label_names``. None when the module says nothing."""
+    id2label = getattr(getattr(net, "config", None), "id2label", None)
+    if isinstance(id2label, Mapping) and id2label:
+        try:
+            names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+        except (TypeError, ValueError):
+            names = None
+        if names and not all(_PLACEHOLDER_LABEL.fullmatch(n) for n in names):
+            return names
+    cfg = getattr(net, "pretrained_cfg", None)
+    names = cfg.get("label_names") if isinstance(cfg, Mapping) else None
+    if names and not isinstance(names, str):
+        return [str(n) for n in names]
+    return None
+
+
+def _label_key(name: str) -> str:
+    return " ".join(name.replace("_", " ").lower().split())
+
+
+def head_label_mismatch(model_labels: Sequence[str], class_names: Sequence[str]) -> str | None:
+    """Why a head whose logits are named ``model_labels`` does not score ``class_names`` (the
+    suite's classes, in order), or None when they agree. Names compare case-blind, with
+    ``_`` as a space."""
+    have = [_label_key(n) for n in model_labels]
+    want = [_label_key(n) for n in class_names]
+    if have == want:
+        return None
+    missing = [n for n, k in zip(class_names, want) if k not in set(have)]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return (f"was trained on labels {list(model_labels[:5])}{'...' if len(model_labels) > 5 else ''}, "
+                f"which do not include the suite's classes {shown}")
+    return "names the suite's classes in another order than the suite"
 
 
 def rebuild(hparams: Mapping[str, Any], num_classes: int, spec: InputSpec, path_for_messages: str = "",
