@@ -24,6 +24,7 @@ Example (the ``quick`` preset)::
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from importlib import resources
@@ -195,11 +196,12 @@ class RunSpec(_Strict):
     @field_validator("suite_file", "data_root")
     @classmethod
     def _next_to_the_spec(cls, v: str | None, info: ValidationInfo) -> str | None:
-        """Relative paths in a spec file are relative to the file's folder."""
-        base_dir = (info.context or {}).get("base_dir")
-        if v is None or base_dir is None or Path(v).expanduser().is_absolute():
+        """Relative paths in a spec file are relative to the file's folder (in a spec given as
+        a dict, to the working directory); they are stored absolute, so that the run's
+        spec.json means the same files from any working directory."""
+        if v is None:
             return v
-        return str(Path(base_dir) / v)
+        return absolute_path(v, (info.context or {}).get("base_dir"))
 
     @model_validator(mode="wrap")
     @classmethod
@@ -238,6 +240,15 @@ class RunSpec(_Strict):
         data = self.model_dump()
         data.update({k: v for k, v in kw.items() if v is not None})
         return parse_spec(data, source="overrides")
+
+
+def absolute_path(path: str, base_dir: str | Path | None = None) -> str:
+    """``path`` (``~`` expanded) made absolute: relative to ``base_dir`` when given, else to the
+    working directory; normalised (``..`` removed), symbolic links kept."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir).expanduser() / p
+    return os.path.abspath(p)
 
 
 def _field_path(loc: tuple) -> str:

@@ -157,10 +157,12 @@ def _input_spec(value: Any, where: str) -> InputSpec:
 
 
 def _resolve_path(path: str, base_dir: str | os.PathLike | None) -> str:
+    """``path`` made absolute (relative to ``base_dir``, else to the working directory), so that
+    a stored spec names the same file from any working directory."""
     p = Path(path).expanduser()
     if not p.is_absolute() and base_dir is not None:
-        p = Path(base_dir) / p
-    return str(p)
+        p = Path(base_dir).expanduser() / p
+    return os.path.abspath(p)
 
 
 def _is_folder_ref(target: str) -> bool:
@@ -171,7 +173,7 @@ def parse_entry(value: Any, where: str = "backbones", base_dir: str | os.PathLik
     """Validate a backbone table (or a preset name) into a ``BackboneEntry``.
 
     Relative ``weights`` paths and ``hf:`` folders are taken relative to ``base_dir``
-    (the spec file's folder) when given. Errors are ConfigErrors naming the field.
+    (the spec file's folder) when given, else to the working directory, and stored absolute. Errors are ConfigErrors naming the field.
     """
     if isinstance(value, str):
         if value not in presets():
