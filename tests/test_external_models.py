@@ -322,6 +322,23 @@ def test_hf_kept_head_of_other_labels_warns(tmp_path):
         build(parse_entry({**table, "reset_head": True}), class_names=("0", "1", "2"))  # a fresh head: none either
 
 
+def test_a_table_with_only_a_name_is_the_registered_backbone(tmp_path):
+    import tomllib
+
+    text = ('methods = ["lp"]\n[[backbones]]\nname = "mlp"\n[[backbones]]\nname = "mine"\n'
+            f'source = "{SOURCE}"\nweights = "tiny.safetensors"\ninput = {{ size = 12, channels = 1 }}\n')
+    entry(tmp_path)
+    tables = parse_spec(tomllib.loads(text), base_dir=tmp_path)
+    assert tables.backbones[0] == "mlp" and list(tables.outside_entries) == [1]
+    mixed = parse_spec({"methods": ["lp"], "backbones": ["mlp", tomllib.loads(text)["backbones"][1]]},
+                       base_dir=tmp_path)
+    assert tables.model_dump() == mixed.model_dump()
+    keys = lambda s: sorted(c.key for c in plan(s, ["t1"], SUITE_ID))  # noqa: E731
+    assert keys(tables) == keys(mixed)
+    with pytest.raises(UnknownNameError, match=r"backbones\[0\]: unknown model 'mlpp'.*Valid models: cnn, mlp"):
+        plan(parse_spec({"methods": ["lp"], "backbones": [{"name": "mlpp"}]}), ["t1"], SUITE_ID)
+
+
 def test_relative_weights_paths_are_relative_to_the_spec_file(tmp_path):
     from ribench.engine import load_spec
 

@@ -207,11 +207,15 @@ class RunSpec(_Strict):
     @classmethod
     def _outside_backbones(cls, data: Any, handler: Any, info: ValidationInfo) -> "RunSpec":
         """Tables (outside backbones) are validated and normalised, once: their entries are kept
-        (``outside_entries``); names must be unique."""
+        (``outside_entries``); names must be unique. A table holding only ``name`` is that name
+        as a string (a registered backbone, or a preset), so that TOML can list every backbone
+        as ``[[backbones]]``."""
         if not (isinstance(data, dict) and isinstance(data.get("backbones"), list)):
             return handler(data)
         from ..models.external import parse_entry
 
+        data = {**data, "backbones": [b["name"] if isinstance(b, dict) and set(b) == {"name"} and
+                                      isinstance(b["name"], str) else b for b in data["backbones"]]}
         base_dir = (info.context or {}).get("base_dir")
         entries = {i: parse_entry(b, f"backbones[{i}]", base_dir) for i, b in enumerate(data["backbones"])
                    if isinstance(b, dict)}
