@@ -236,6 +236,7 @@ def test_a_live_backbone_keeps_its_keys_and_a_changed_one_gets_new_ones(tmp_path
     again = ribench.run({**spec, "backbones": [{"name": "live", "module": live_net(), "input": INPUT}]},
                         tmp_path / "a", quiet=True)
     assert first.outcome.ran > 0 and again.outcome.ran == 0 and again.outcome.cached == first.outcome.total
+    assert first.tasks == ["t1"] and {"t1", "t2"} <= set(first.eval_sets)
     other = ribench.run({**spec, "backbones": [{"name": "live", "module": live_net(seed=1), "input": INPUT}]},
                         tmp_path / "a", quiet=True)
     assert other.outcome.ran == other.outcome.total  # new weights: a new m0 and everything after it

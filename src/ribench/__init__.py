@@ -10,7 +10,7 @@ of the package (a worker process, the ``ribench`` command) does not import all o
 __version__ = "0.1.0"
 
 _API = ("ModelEvaluation", "Run", "evaluate_model", "open", "run")
-__all__ = ["__version__", *_API]
+__all__ = ["ModelEvaluation", "Run", "__version__", "evaluate_model", "run"]  # not `open`: * would shadow the builtin
 
 
 def __getattr__(name: str):

@@ -46,7 +46,7 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -76,7 +76,11 @@ from .report.aggregate import summarize_methods
 from .report.catalogue import SUMMARY_METRICS
 from .report.rundata import STORE_FILE, RunData, load_run
 
-__all__ = ["ModelEvaluation", "Run", "evaluate_model", "live_backbone", "open", "registered_backbone", "run"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+# `open` is left out: a star import would shadow the builtin
+__all__ = ["ModelEvaluation", "Run", "evaluate_model", "live_backbone", "registered_backbone", "run"]
 
 BACKBONES_DIR = "backbones"  # <out>/backbones/<digest>.safetensors: the weights of live backbones
 LIVE_SOURCE = "module:ribench.api:live_backbone"
@@ -398,8 +402,10 @@ class Run:
 
     @property
     def tasks(self) -> list[str]:
-        """The suite's tasks (in the suite's order)."""
-        return list(self.data().layout.get("tasks", []))
+        """The tasks the run adapts models to: its spec's ``tasks``, or every task of the suite (``"all"``)."""
+        data = self.data()
+        chosen = data.spec.get("tasks", "all")
+        return list(data.layout.get("tasks", [])) if chosen == "all" else list(chosen)
 
     @property
     def eval_sets(self) -> list[str]:
@@ -420,7 +426,7 @@ class Run:
         finally:
             store.close()
 
-    def results(self, *, expand_params: bool = False, **where: Any):
+    def results(self, *, expand_params: bool = False, **where: Any) -> "pd.DataFrame":
         """Every stored number as a pandas DataFrame, one row per (cell, eval_set, metric).
 
         Columns: backbone, recipe, method, task, seed, eval_set, metric, value (NaN where the
@@ -454,7 +460,7 @@ class Run:
                 df[f"params.{k}"] = [d.get(k) for d in decoded]
         return df
 
-    def summary(self, metrics: Sequence[str] | None = None):
+    def summary(self, metrics: Sequence[str] | None = None) -> "pd.DataFrame":
         """One row per (backbone, recipe, method), m0 first in each (backbone, recipe): for each
         summary metric ``m``, its mean over tasks and seeds (``m``) and 95% t-interval
         (``m_lo``, ``m_hi``; NaN for a single run), as ``report.aggregate.summarize_methods``
@@ -493,7 +499,7 @@ class Run:
                 out.append((key, {k: c["labels"].get(k) for k in LABELS}))
         return sorted(out, key=lambda kl: tuple(str(kl[1].get(k)) for k in LABELS))
 
-    def models(self):
+    def models(self) -> "pd.DataFrame":
         """Every model the run saved, as a DataFrame: backbone, recipe, method, task, seed, cell."""
         pd = _pandas()
         rows = [{**{k: lab.get(k) for k in LABELS}, "cell": key} for key, lab in self._model_cells()]
@@ -532,7 +538,7 @@ class Run:
         m = load_model(artifacts.path(key), trust_checkpoint=trust_checkpoint)
         return (m.to(device) if device is not None else m).eval()
 
-    def failures(self):
+    def failures(self) -> "pd.DataFrame":
         """The failed cells as a DataFrame: kind, backbone, recipe, method, task, seed, error, failure, traceback."""
         pd = _pandas()
         store = self._store()
@@ -569,14 +575,14 @@ class ModelEvaluation:
 
     task: str | None
     summary: dict[str, float]
-    metrics: dict[str, dict[str, float]]
-    reference: dict[str, dict[str, float]] | None = None
-    warnings: list[str] = field(default_factory=list)
+    metrics: dict[str, dict[str, float]] = field(repr=False)
+    reference: dict[str, dict[str, float]] | None = field(default=None, repr=False)
+    warnings: list[str] = field(default_factory=list, repr=False)
 
     def __getitem__(self, metric: str) -> float:
         return self.summary[metric]
 
-    def results(self):
+    def results(self) -> "pd.DataFrame":
         """Every number as a long DataFrame: model (``"model"`` or ``"reference"``), eval_set, metric, value."""
         pd = _pandas()
         rows = [{"model": who, "eval_set": es, "metric": m, "value": v}
