@@ -54,7 +54,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_retry(a: argparse.Namespace) -> int:
-    return _execute(_stored_spec(a.dir).with_overrides(threads=a.threads), Path(a.dir), a, retry_failed=True)
+    spec = _stored_spec(a.dir).with_overrides(threads=a.threads, trust_checkpoint=a.trust_checkpoint or None)
+    return _execute(spec, Path(a.dir), a, retry_failed=True)
 
 
 def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
@@ -72,8 +73,15 @@ def _execute(spec, out: Path, a: argparse.Namespace, retry_failed: bool) -> int:
           f"{res.skipped} skipped in {res.seconds:.1f} s" + (f" ({res.retried} retries)" if res.retried else ""))
     for cell, err in res.failed:
         print(f"  failed: {cell.describe()}: {err}")
+    for cell, why in res.skipped_cells[:SKIPPED_SHOWN]:
+        print(f"  skipped: {cell.describe()}: {why}")
+    if len(res.skipped_cells) > SKIPPED_SHOWN:
+        print(f"  ... and {len(res.skipped_cells) - SKIPPED_SHOWN} more skipped")
     print(f"report: {html} (Markdown: {report})")
     return 0 if res.ok else 1
+
+
+SKIPPED_SHOWN = 20  # skipped cells listed after a run, each with the failed cell it waits on
 
 
 def _write_reports(out: Path):
@@ -403,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt = sub.add_parser("retry", help="rerun the failed cells of a run (and whatever they block)")
     rt.add_argument("dir")
+    rt.add_argument("--trust-checkpoint", action="store_true",
+                    help="allow full-pickle weights files of outside backbones (as for `ribench run`)")
     _runner_arguments(rt)
     rt.set_defaults(fn=_cmd_retry)
 

@@ -7,7 +7,9 @@ A failing cell is retried ``retries`` times with exponential backoff, then recor
 failed with its error and traceback; the cells that depend on it are skipped and the
 rest of the grid goes on. Cells recorded as failed by an earlier run are skipped unless
 ``retry_failed`` (``ribench retry``), except those whose worker process died (failure
-``worker``): every run tries them again. Killing the driver at any moment, even with
+``worker``): every run tries them again, and so does a run whose ``OUTCOME_FLAGS`` (such
+as ``trust_checkpoint``) differ from those of the run the cell failed in. Every skipped
+cell is reported (``RunOutcome.skipped_cells``) with the failed cell it waits on. Killing the driver at any moment, even with
 SIGKILL, loses at most the cells in flight: their claims go stale, the pool workers die
 with the driver, and the next run on the same folder does exactly the missing cells.
 
@@ -57,6 +59,9 @@ from .spec import RunSpec
 from .store import ResultsStore
 
 RUNNERS = ("serial", "pool", "ray")
+# spec fields that are no part of any cell key but decide whether a cell can succeed: a run
+# that changes one retries the cells that failed under the other value
+OUTCOME_FLAGS = ("trust_checkpoint",)
 MAX_WORKER_LOSSES = 3  # deaths of an unknown worker a cell may be in flight for before it is recorded failed
 
 
@@ -97,6 +102,8 @@ class RunOutcome:
     skipped: int = 0
     retried: int = 0
     seconds: float = 0.0
+    # every skipped cell and why: "waits on <the failed cell>: <its error>"
+    skipped_cells: list[tuple[Cell, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -236,6 +243,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
     store = ResultsStore(out / "results.sqlite")
+    reopened = _failed_under_other_flags(spec, store)
     store.record_run(spec.model_dump(), {**environment(device), "suite": suite_layout(suite, cells),
                                          "runner": opts.runner, "workers": str(opts.workers),
                                          "threads_per_cell": str(spec.threads),
@@ -267,7 +275,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
     try:
         executor = _executor(opts, ctx, suite)
         with make_progress(quiet) as prog:
-            _drive(cells, store, executor, opts, owner, result, events, prog, artifacts)
+            _drive(cells, store, executor, opts, owner, result, events, prog, artifacts, reopened)
         ended_by_error = False
     finally:
         # every step runs even if one before it fails, and none hides the error that ended the run
@@ -275,6 +283,25 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
                     lambda: store.release_claims(owner), store.close, end, events.close],
                    raise_errors=not ended_by_error)
     return result
+
+
+def _failed_under_other_flags(spec: RunSpec, store: ResultsStore) -> dict[str, str]:
+    """Failed cell -> the ``OUTCOME_FLAGS`` this run changes from the run it failed in
+    (e.g. ``"trust_checkpoint false -> true"``); those cells are tried again."""
+    now = spec.model_dump()
+    out = {}
+    for key, then in store.failure_specs().items():
+        if then is None:
+            continue
+        changed = [f"{f} {_flag(then.get(f, type(spec).model_fields[f].default))} -> {_flag(now[f])}"
+                   for f in OUTCOME_FLAGS if then.get(f, type(spec).model_fields[f].default) != now[f]]
+        if changed:
+            out[key] = ", ".join(changed)
+    return out
+
+
+def _flag(v: Any) -> str:
+    return json.dumps(v)
 
 
 def _reusable(cells: list[Cell], status: dict[str, str], artifacts: ArtifactStore, store: ResultsStore,
@@ -415,24 +442,34 @@ class Scheduler:
         self.missing.pop(key, None)
 
 
-def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts) -> None:
-    """Run ``cells`` on ``executor`` until none can run, recording each in ``store``."""
-    _Driver(cells, store, executor, opts, owner, result, events, prog, artifacts).loop()
+def _drive(cells, store, executor, opts, owner, result, events, prog, artifacts, reopened=None) -> None:
+    """Run ``cells`` on ``executor`` until none can run, recording each in ``store``. ``reopened``:
+    cells failed in an earlier run that this one tries again (key -> why)."""
+    _Driver(cells, store, executor, opts, owner, result, events, prog, artifacts, reopened).loop()
 
 
 class _Driver:
     """The driver's event loop: a Scheduler, and the executor, store, event log and progress around it."""
 
     def __init__(self, cells: list[Cell], store: ResultsStore, executor, opts: RunOptions, owner: str,
-                 result: RunOutcome, events: EventLog, prog, artifacts: ArtifactStore):
+                 result: RunOutcome, events: EventLog, prog, artifacts: ArtifactStore,
+                 reopened: dict[str, str] | None = None):
         self.store, self.executor, self.opts, self.owner, self.events, self.prog = \
             store, executor, opts, owner, events, prog
+        self.result = result
         done = _reusable(cells, store.statuses(), artifacts, store, events, prog)
         self.sched = Scheduler(cells, done, result)
         self.grid = prog.add_task(f"grid ({executor.name})", total=len(cells))
         prog.advance(self.grid, len(done))
         # a cell whose worker died is tried again by every run; one that failed by itself waits for `ribench retry`
-        self.failed_before = set() if opts.retry_failed else {k for k, f in store.failures().items() if f != "worker"}
+        reopened = dict(reopened or {})
+        self.failed_before = set() if opts.retry_failed else {k for k, f in store.failures().items()
+                                                               if f != "worker" and k not in reopened}
+        self.errors_before = {c["key"]: c["error"] for c in store.cells("failed")} if self.failed_before else {}
+        for c in cells:
+            if c.key in reopened and c.key not in done and not opts.retry_failed:
+                self.events("reopened", c, reason=reopened[c.key])
+                prog.log(f"[yellow]retrying[/yellow] {c.describe()}, failed in an earlier run: {reopened[c.key]}")
         self.elsewhere: set[str] = set()  # claimed by another live driver
         self.running: dict[Future, tuple[Cell, int, int]] = {}  # future -> (cell, attempt, progress task)
         self.attempts: dict[str, int] = {}
@@ -468,6 +505,19 @@ class _Driver:
         for c in cells:
             self.events("skipped", c, reason=reason, waits_on=self.sched.waits_on.get(c.key))
             self.prog.advance(self.grid)
+            self.result.skipped_cells.append((c, self._why_skipped(c.key)))
+
+    def _why_skipped(self, key: str) -> str:
+        """Why a cell is skipped: it failed in an earlier run (with that error), or it waits on
+        the named failed cell (following the chain of skips; its error is reported with it)."""
+        root = key
+        while root in self.sched.waits_on:
+            root = self.sched.waits_on[root]
+        if root == key:  # it failed in an earlier run itself
+            return (f"failed in an earlier run (`ribench retry` reruns it): "
+                    f"{self.errors_before.get(key) or 'no error recorded'}")
+        when = ", which failed in an earlier run" if root in self.failed_before else ", which failed"
+        return f"waits on {self.sched.by_key[root].describe()}{when}"
 
     def _submit_ready(self) -> None:
         while len(self.running) < self.executor.slots:
@@ -477,6 +527,7 @@ class _Driver:
             if cell.key in self.failed_before:
                 self.events("skipped", cell, reason="failed in an earlier run (ribench retry reruns it)")
                 self.prog.advance(self.grid)
+                self.result.skipped_cells.append((cell, self._why_skipped(cell.key)))
                 self._skipped(self.sched.skip(cell), "a dependency failed in an earlier run")
                 continue
             if not self.store.claim(cell.key, self.owner, self.opts.stale_after):

@@ -245,6 +245,14 @@ class ResultsStore:
         return {k: f or "cell" for k, f in self.conn.execute("SELECT key, failure FROM cells WHERE status = 'failed'")}
 
     @_guarded
+    def failure_specs(self) -> dict[str, dict[str, Any] | None]:
+        """Failed cell -> the spec of the run it failed in (the last run started before the cell;
+        None when no run was recorded before it)."""
+        rows = self.conn.execute("SELECT c.key, (SELECT r.spec FROM runs r WHERE r.started <= c.started ORDER BY r.id "
+                                 "DESC LIMIT 1) FROM cells c WHERE c.status = 'failed'")
+        return {k: json.loads(spec) if spec else None for k, spec in rows}
+
+    @_guarded
     def status(self, key: str) -> str | None:
         row = self.conn.execute("SELECT status FROM cells WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
