@@ -315,6 +315,7 @@ def _cmd_data_show(a: argparse.Namespace) -> int:
     from .data.show import save_domain_grid
 
     suite = build_suite(a.suite, seed=a.data_seed)
+    print(f"{suite.name} version {suite.version}" + (f", inputs {suite.inputs_digest}" if suite.inputs_digest else ""))
     out = save_domain_grid(suite, a.out or f"{a.suite}-samples.png", per_domain=a.per_domain, seed=a.data_seed)
     print(f"wrote {out}")
     return 0
