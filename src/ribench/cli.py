@@ -120,6 +120,7 @@ def _cmd_status(a: argparse.Namespace) -> int:
         status = store.statuses()
         running = store.live_claims(stale_after=120.0)
         failed = store.cells("failed")
+        done_cells = store.cells("done") if getattr(a, "timing", False) else []
     finally:
         store.close()
     done = sum(status.get(k) == "done" for k in keys)
@@ -127,15 +128,35 @@ def _cmd_status(a: argparse.Namespace) -> int:
     n_running = sum(k in running and status.get(k) != "done" for k in keys)
     counts = {"total": len(keys), "done": done, "running": n_running, "failed": n_failed,
               "pending": len(keys) - done - n_failed - n_running}
+    costs = _timing(done_cells, set(keys)) if getattr(a, "timing", False) else None
     if a.format == "json":
-        print(json.dumps({**counts, "failures": [{"kind": f["kind"], "labels": f["labels"], "error": f["error"]}
-                                                  for f in failed if f["key"] in set(keys)]}, indent=2))
+        out = {**counts, "failures": [{"kind": f["kind"], "labels": f["labels"], "error": f["error"]}
+                                      for f in failed if f["key"] in set(keys)]}
+        if costs is not None:
+            out["timing"] = [{"kind": k.kind, "cells": k.count, "seconds": k.seconds, "mean_seconds": k.mean(),
+                              "timed_cells": k.timed,
+                              "phases": {p: {"seconds": v, "mean_seconds": k.mean(p)} for p, v in k.phases.items()}}
+                             for k in costs]
+        print(json.dumps(out, indent=2))
         return 0
     print(", ".join(f"{v} {k}" for k, v in counts.items()))
     for f in failed:
         if f["key"] in set(keys):
             print(f"  failed: {f['kind']} {'/'.join(str(v) for v in f['labels'].values() if v is not None)}: {f['error']}")
+    if costs is not None:
+        print("\ntime per kind of cell (seconds: total, mean per cell):")
+        for k in costs:
+            print(f"  {k.kind}: {k.count} cells, {k.seconds:.2f} s total, {k.mean():.3f} s mean")
+            for p, v in k.phases.items():
+                print(f"    {p}: {v:.2f} s total, {k.mean(p):.3f} s mean")
     return 0
+
+
+def _timing(done_cells: list, keys: set) -> list:
+    """``report.aggregate.cell_costs`` of the done cells of the run's plan."""
+    from .report.aggregate import cell_costs
+
+    return cell_costs(c for c in done_cells if c["key"] in keys)
 
 
 def _writable_file(path: Path, flag: str) -> None:
@@ -420,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="done, running, failed and pending cells of a run, and the failures")
     st.add_argument("dir")
     st.add_argument("--format", choices=["table", "json"], default="table")
+    st.add_argument("--timing", action="store_true",
+                    help="also print, per kind of cell, the count and the total and mean seconds of each phase")
     st.set_defaults(fn=_cmd_status)
 
     pt = sub.add_parser("pretrain", help="pretrain one backbone with a recipe and save its weights")

@@ -29,6 +29,7 @@ from ..core.errors import CheckpointError, RibenchError
 from ..core.registry import METHODS
 from ..core.rows import SUMMARY
 from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
+from ..core.timing import current as current_clock, measure, phase
 from ..core.types import Domain, Split, Suite
 from ..data import build_suite, corrupt
 from ..evaluate import evaluate, summarize
@@ -82,15 +83,18 @@ class Workspace:
         the spec's ``compile`` and ``loader_workers``."""
         options = ComputeOptions(precision=cell.config.get("precision", "fp32"), compile=self.spec.compile,
                                  loader_workers=self.spec.loader_workers)
-        with fixed_threads(self.spec.threads), compute_options(options):
-            return CELL_RUNNERS[cell.kind](self, cell, deps, progress)
+        with fixed_threads(self.spec.threads), compute_options(options), measure() as clock:
+            result = CELL_RUNNERS[cell.kind](self, cell, deps, progress)
+        result.info["phase_seconds"] = dict(clock.seconds)
+        return result
 
     # --- models by key, the most recently used kept in memory ---------------------
     def model(self, key: str) -> Model:
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
-        return self._remember(key, load_model(self.artifacts.path(key)))
+        with phase("load"):
+            return self._remember(key, load_model(self.artifacts.path(key)))
 
     def _remember(self, key: str, model: Model) -> Model:
         self._models[key] = model.to(self.device).eval()
@@ -99,13 +103,33 @@ class Workspace:
         return self._models[key]
 
     def save(self, key: str, model: Model) -> None:
-        save_model(model.cpu(), self.artifacts.path(key), {"cell": key})
-        self._remember(key, model)
+        with phase("save"):
+            save_model(model.cpu(), self.artifacts.path(key), {"cell": key})
+            self._remember(key, model)
 
     # --- data -----------------------------------------------------------------
     def evaluate_all(self, model: Model, progress: Progress) -> Metrics:
-        return evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, progress,
-                        max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
+        """``model`` on every eval set. Under a phase clock with no phase open, the time of each set
+        is charged to ``corruption_eval`` (a corruption set) or ``clean_eval`` (any other, and the
+        set-up), from the moments ``evaluate`` reports each set done; inside an open phase
+        (``extra_models``) it all goes to that phase."""
+        clock = current_clock()
+        run = lambda report: evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, report,
+                                      max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
+        if clock is None or clock.active is not None:
+            return run(progress)
+        corrupted, last = set(self.suite.corruptions), [time.perf_counter()]
+
+        def report(fraction: float, name: str) -> None:
+            now = time.perf_counter()
+            clock.add("corruption_eval" if name in corrupted else "clean_eval", now - last[0])
+            last[0] = now
+            progress(fraction, name)
+
+        try:
+            return run(report)
+        finally:
+            clock.add("clean_eval", time.perf_counter() - last[0])
 
     def with_corruptions(self, keys: tuple[str, ...]) -> "Workspace":
         """This workspace over a suite whose corruption sets are the engine-made ``keys`` (none: as it is)."""
@@ -146,9 +170,11 @@ class Workspace:
             key = hashlib.sha256(f"features|{pretrained_key}|{task}|{name}|{self.spec.eval.val_fraction}|"
                                  f"{self.spec.data_seed}".encode()).hexdigest()
             if self.artifacts.has(key):
-                return self.artifacts.load(key)["features"].to(self.device)
+                with phase("load"):
+                    return self.artifacts.load(key)["features"].to(self.device)
             f = compute_features(model, name, split)
-            self.artifacts.save(key, {"features": f})
+            with phase("save"):
+                self.artifacts.save(key, {"features": f})
             return f
 
         return features
@@ -157,8 +183,9 @@ class Workspace:
                  source: Model | None = None, per_task: bool = False) -> Metrics:
         """Attack rows of ``model`` on ``task`` (evaluate.attacks.attack_rows); its gradient-masking
         warnings are added to ``info["masking_warnings"]``."""
-        report = attack_rows(model, self.suite.tasks[task], attacks, self.spec.data_seed,
-                             task=task if per_task else None, source=source)
+        with phase("attacks"):
+            report = attack_rows(model, self.suite.tasks[task], attacks, self.spec.data_seed,
+                                 task=task if per_task else None, source=source)
         if report.checked:
             info.setdefault("masking_warnings", []).extend(report.warnings)
         return report.rows
@@ -175,8 +202,9 @@ def run_pretrain(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
         return _load_given(ws, cell)
     pt = dict(c["pretrain"])
     seed = pt.pop("seed")
-    model, info = pretrain_backbone(c["backbone"], ws.suite, c["recipe"], PretrainConfig(**pt), seed, ws.device,
-                                    progress)
+    with phase("pretrain"):
+        model, info = pretrain_backbone(c["backbone"], ws.suite, c["recipe"], PretrainConfig(**pt), seed, ws.device,
+                                        progress)
     ws.save(cell.key, model)
     return CellResult(info=info)
 
@@ -190,7 +218,8 @@ def _load_given(ws: Workspace, cell: Cell) -> CellResult:
                               "after the run was planned; run again to plan with the new file")
     seed_everything(derive_seed("init", c.get("seed", 0), c["backbone"], c["recipe"]))
     t0 = time.perf_counter()
-    model = external.build(entry, ws.suite.num_classes, ws.spec.trust_checkpoint, ws.suite.classes).to(ws.device)
+    with phase("load"):
+        model = external.build(entry, ws.suite.num_classes, ws.spec.trust_checkpoint, ws.suite.classes).to(ws.device)
     info = {"load_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
     ws.save(cell.key, model)
     return CellResult(info=info)
@@ -201,10 +230,12 @@ def run_corrupt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Ce
     c = cell.config
     dom = ws.suite.pretrain if c["domain"] == "pretrain" else ws.suite.domain(c["domain"])
     test = seeded_sample(dom.test, c["subset"], derive_seed("corrupt-subset", c["seed"], c["domain"]))
-    images = corrupt(test.images, c["corruption"], c["severity"],
-                     derive_seed("corrupt", c["seed"], c["corruption"], c["severity"]))
-    ws.artifacts.save(cell.key, {"images": images, "labels": test.labels},
-                      {"corruption": c["corruption"], "severity": str(c["severity"]), "domain": dom.name})
+    with phase("corrupt"):
+        images = corrupt(test.images, c["corruption"], c["severity"],
+                         derive_seed("corrupt", c["seed"], c["corruption"], c["severity"]))
+    with phase("save"):
+        ws.artifacts.save(cell.key, {"images": images, "labels": test.labels},
+                          {"corruption": c["corruption"], "severity": str(c["severity"]), "domain": dom.name})
     return CellResult(info={"images": len(test)})
 
 
@@ -245,7 +276,8 @@ def run_adapt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Cell
         progress=progress, features=ws.feature_fn(pretrained_key, pretrained, c["task"]),
     )
     t0 = time.perf_counter()
-    model = method.adapt(pretrained, task, ctx)
+    with phase("train"):
+        model = method.adapt(pretrained, task, ctx)
     info = {"train_seconds": time.perf_counter() - t0, **ctx.info}
     ws.save(cell.key, model)
     return CellResult(info=info)
@@ -290,10 +322,11 @@ def curve_rows(ws: Workspace, cell: Cell, model: Model, ref: dict[str, float], p
     method = METHODS.create(ex["method"], **ex["params"])
     inputs = {n: ws.model(k) for n, k in zip(ex["inputs"], cell.inputs_of("extra"))}
     out = {}
-    for label, m in method.extra_models(ws.model(cell.input("pretrained")), model, inputs).items():
-        a = accuracies(ws.evaluate_all(m.to(ws.device), progress))
-        s = summarize(task if task in ws.suite.tasks else None, a, ref, ws.suite)
-        out[label] = {k: s[k] for k in ("id_acc", "R", "P_acc") if k in s}
+    with phase("extra_models"):
+        for label, m in method.extra_models(ws.model(cell.input("pretrained")), model, inputs).items():
+            a = accuracies(ws.evaluate_all(m.to(ws.device), progress))
+            s = summarize(task if task in ws.suite.tasks else None, a, ref, ws.suite)
+            out[label] = {k: s[k] for k in ("id_acc", "R", "P_acc") if k in s}
     return out
 
 
@@ -317,8 +350,9 @@ def run_analysis(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     task = cell.config["task"]
     model = ws.model(cell.input("pretrained"))
     train, _ = ws.split(task)
-    return CellResult(metrics={SUMMARY: task_predictors(model, ws.suite.pretrain.train, train, cell.config["analysis"],
-                                                        ws.spec.data_seed, task)})
+    with phase("analysis"):
+        rows = task_predictors(model, ws.suite.pretrain.train, train, cell.config["analysis"], ws.spec.data_seed, task)
+    return CellResult(metrics={SUMMARY: rows})
 
 
 def run_diagnose(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
@@ -328,7 +362,8 @@ def run_diagnose(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     pretrained = ws.model(cell.input("pretrained"))
     if c["scope"] == "tasks":
         adapted = {t: ws.model(k) for t, k in zip(c["tasks"], cell.inputs_of("models"))}
-        return CellResult(metrics=task_vector_cosine_rows(pretrained, adapted))
+        with phase("diagnostics"):
+            return CellResult(metrics=task_vector_cosine_rows(pretrained, adapted))
     d = c["diagnostics"]
     domains = {"pretrain": ws.suite.pretrain}
     task = cell.labels.get("task")
@@ -337,8 +372,10 @@ def run_diagnose(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     samples = {name: seeded_sample(dom.test, d["samples"], derive_seed("diagnose", ws.spec.data_seed, dom.name))
                for name, dom in domains.items()}
     layers = None if d["layers"] == "default" else d["layers"]
-    rows = diagnose(pretrained, ws.model(cell.input("model")), samples, layers=layers,
-                    barrier_points=d["barrier_points"], knn_k=d["knn_k"], batch_size=ws.spec.eval.batch_size)
+    adapted = ws.model(cell.input("model"))
+    with phase("diagnostics"):
+        rows = diagnose(pretrained, adapted, samples, layers=layers,
+                        barrier_points=d["barrier_points"], knn_k=d["knn_k"], batch_size=ws.spec.eval.batch_size)
     return CellResult(metrics=rows)
 
 

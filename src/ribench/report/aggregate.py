@@ -505,3 +505,55 @@ def predictor_ranks(rows: list[dict[str, Any]]) -> PredictorRanks:
                 per_model[m][p] = (v, 1 + sum(sign * w < sign * v for w in vals.values()))
         out[task] = per_model
     return PredictorRanks(order, out)
+
+
+# --- cost: where the time of a run went ----------------------------------------------
+OTHER_PHASE = "other"  # a cell's duration not inside any measured phase (set-up, sealing the artifact)
+
+
+@dataclass(frozen=True)
+class KindCost:
+    """The done cells of one kind: ``count`` of them, ``seconds`` (their stored durations, summed)
+    and, over the ``timed`` ones that recorded phases (``info["phase_seconds"]``; cells of runs
+    made before phases were measured have none), the seconds of each phase summed (``phases``,
+    report order, ``OTHER_PHASE`` last)."""
+
+    kind: str
+    count: int
+    seconds: float
+    timed: int
+    phases: dict[str, float]
+
+    def mean(self, phase: str | None = None) -> float:
+        """Mean seconds per cell: of the whole cell (``phase`` None, over ``count``) or of a phase (over ``timed``)."""
+        if phase is None:
+            return self.seconds / self.count if self.count else math.nan
+        return self.phases.get(phase, 0.0) / self.timed if self.timed else math.nan
+
+
+def cell_costs(cells: Iterable[dict[str, Any]]) -> list[KindCost]:
+    """Per kind of cell (in the order kinds first appear), the time its done cells took."""
+    from ..core.timing import ordered
+
+    acc: dict[str, dict[str, Any]] = {}
+    for c in cells:
+        if c.get("status") != "done":
+            continue
+        a = acc.setdefault(c["kind"], {"count": 0, "seconds": 0.0, "timed": 0, "phases": defaultdict(float)})
+        duration = float(c.get("duration") or 0.0)
+        a["count"] += 1
+        a["seconds"] += duration
+        phases = (c.get("info") or {}).get("phase_seconds")
+        if isinstance(phases, dict):
+            a["timed"] += 1
+            for name, s in phases.items():
+                a["phases"][name] += float(s)
+            a["phases"][OTHER_PHASE] += max(0.0, duration - sum(float(s) for s in phases.values()))
+    out = []
+    for kind, a in acc.items():
+        names = ordered(n for n in a["phases"] if n != OTHER_PHASE)
+        phases = {n: a["phases"][n] for n in names}
+        if OTHER_PHASE in a["phases"]:
+            phases[OTHER_PHASE] = a["phases"][OTHER_PHASE]
+        out.append(KindCost(kind, a["count"], a["seconds"], a["timed"], phases))
+    return out

@@ -53,5 +53,11 @@ GUIDE = {
               "barrier the loss bump (nats) on the straight line from m0 to the adapted weights (0 = one basin), "
               "filter KL the shift of the 3x3 filters' distribution. Mean ± standard deviation over tasks and seeds; "
               "per-layer numbers are the eval sets `diag/*` of `ribench results DIR`, docs/analysis.md defines each.",
+    "cost": "Where the run's time went: per kind of cell, how many finished and their wall-clock seconds, in total "
+            "and (in brackets) per cell; then the same for each phase the cells measured (load: models read from "
+            "disk; clean_eval and corruption_eval: the clean and the corrupted eval sets; attacks; masking_checks; "
+            "extra_models: e.g. the WiSE-FT curve; save: artifacts written; other: the rest of the cell). Cells of "
+            "runs made before phases were measured count in the cell column only. `ribench status DIR --timing` "
+            "prints the same numbers.",
 }
 

@@ -17,7 +17,8 @@ when the run has no data for it:
 7. WiSE-FT curves (when curve rows exist);
 8. what changed inside the models: diagnostics per method and CKA by layer (diagnose rows);
 9. merged models against the individually fine-tuned ones (normalised accuracy);
-10. failed cells; 11. spec, environment and cell counts, to reproduce the run.
+10. failed cells; 11. cost: seconds per kind of cell and phase (``tables.cost_table``);
+12. spec, environment and cell counts, to reproduce the run.
 
 ``write_html_report`` also saves every plot as a PNG under ``<out_dir>/figures/`` for the
 Markdown report.
@@ -35,7 +36,8 @@ from .guide import GUIDE
 from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
 from .prediction import prediction_section
 from .rundata import RunData, RunSource, as_run
-from .tables import Cell, Table, backbone_names, cell_label, diagnostics_table, merged_table, summary_table
+from .tables import (Cell, Table, backbone_names, cell_label, cost_table, diagnostics_table, merged_table,
+                     summary_table)
 
 REPORT_FILE = "report.html"
 SORT_HINT = "Click a column header to sort (by the mean); rows without a value go last."
@@ -247,6 +249,9 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
                          f'<p class="note">{escape(GUIDE["merged"])}</p>' + table_html(merged)))
     if any(c["status"] == "failed" for c in run.cells):
         sections.append(("failures", "Failed cells", failures_html(run)))
+    cost = cost_table(run.cells)
+    if cost is not None:
+        sections.append(("cost", "Cost (seconds)", f'<p class="note">{escape(GUIDE["cost"])}</p>' + table_html(cost)))
     sections.append(("reproduce", "Reproducing this run", reproduce_html(run)))
 
     spec = run.spec

@@ -19,6 +19,7 @@ from .rundata import open_store  # noqa: F401  (`ribench status` opens the store
 from .tables import (
     Table,
     backbone_names,
+    cost_table,
     diagnostics_table,
     failures_table,
     inheritance_tables,
@@ -84,6 +85,9 @@ def render_markdown(run: RunData) -> str:
     fails = failures_table(cells)
     if fails:
         parts += ["## Failures", "", _md(fails)]
+    cost = cost_table(cells)
+    if cost is not None:
+        parts += ["## Cost (seconds)", "", GUIDE["cost"], "", _md(cost)]
     parts += ["## Environment", "", *(f"- {k}: {v}" for k, v in run.env.items()), ""]
     return "\n".join(parts)
 

@@ -12,7 +12,8 @@ decimals come from ``catalogue``.
   model m0 is the first row of each (backbone, recipe) group;
 - ``inheritance_tables``: per (backbone, recipe, method), fine-tuning task (rows) by eval
   set (columns): accuracy, and its change from m0; corruption sets folded into one column;
-- ``merged_table``, ``diagnostics_table``, ``failures_table``.
+- ``merged_table``, ``diagnostics_table``, ``failures_table``;
+- ``cost_table``: per kind of cell, the count and the seconds of each phase (total, mean per cell).
 """
 
 from __future__ import annotations
@@ -197,3 +198,22 @@ def failures_table(cells: list[dict[str, Any]]) -> Table | None:
         return None
     body = [[c["kind"], cell_label(c), c["error"] or ""] for c in failed]
     return Table("Failed cells", ["kind", "cell", "error"], body, label_columns=3)
+
+
+def cost_table(cells: list[dict[str, Any]]) -> Table | None:
+    """Where the run's time went (``aggregate.cell_costs``): one row per kind of cell, its count,
+    then the cell and each phase as "total s (mean s per cell)"; None when no cell is done."""
+    costs = agg.cell_costs(cells)
+    if not costs:
+        return None
+    from ..core.timing import ordered
+
+    names = {p for k in costs for p in k.phases}
+    phases = ordered(names - {agg.OTHER_PHASE}) + [agg.OTHER_PHASE] * (agg.OTHER_PHASE in names)
+
+    def cell(total: float, mean: float) -> Cell:
+        return Cell(f"{total:.2f}", f"({mean:.3f})" if not math.isnan(mean) else "", value=total)
+
+    body = [[k.kind, str(k.count), cell(k.seconds, k.mean()),
+             *(cell(k.phases[p], k.mean(p)) if p in k.phases else Cell(MISSING) for p in phases)] for k in costs]
+    return Table("Cost", ["kind", "cells", "cell", *phases], body, label_columns=2, table_id="cost-table")

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ...core import rows
+from ...core.timing import phase
 from ...core.types import Domain
 from .api import _resolve, attack_subset, get_attack, robust_accuracy, transfer_attack
 from .checks import gradient_masking_checks
@@ -64,8 +65,9 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
         masking = rows.masking(a["name"], task)
         if a.get("check_masking", True) and norm in ("linf", "l2") and masking not in out.rows:
             head = test_split.subset(torch.arange(min(MASKING_IMAGES, len(test_split))))
-            found = gradient_masking_checks(model, head.images, head.labels, eps=max(a["eps"]), norm=norm,
-                                            class_subset=domain.class_subset, seed=seed)
+            with phase("masking_checks"):
+                found = gradient_masking_checks(model, head.images, head.labels, eps=max(a["eps"]), norm=norm,
+                                                class_subset=domain.class_subset, seed=seed)
             out.rows[masking] = {"warnings": float(len(found))}
             out.warnings += [f"{masking.removeprefix(rows.MASKING_PREFIX)}: {w}" for w in found]
             out.checked = True
