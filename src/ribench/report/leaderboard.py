@@ -3,8 +3,15 @@
 One entry per adapted (backbone, recipe, method); the pretrained models m0 are the
 reference every Δ is taken against and are listed under ``"pretrained"``, not ranked.
 Every field is a number (accuracies and changes in %, rounded to 2 decimals), except
-the labels. Fields without data in the run (e.g. ``robust_acc`` without attacks) are
-left out of the entry, never null.
+the labels and ``hyperparameters``. Fields without data in the run (e.g. ``robust_acc``
+without attacks) are left out of the entry, never null; so is ``robust_acc`` of a model
+attacked at several budgets, whose summary would average them.
+
+Under attack, ``"robustness"`` holds one row per (model, threat model, eps, attack), in
+RobustBench's terms (``threat_model``, ``eps``, ``attack``, ``n_examples``, ``clean_acc``,
+``robust_acc``), with the model's RIB fields, its method label and hyperparameters
+(``robustness_rows``). A row is the mean of the stored attack rows of one budget over
+tasks and seeds: never an average over budgets or attacks.
 
 The fields, their units and leaderboard.md's columns are those of ``catalogue.SUMMARY_METRICS``
 with a ``board`` name; the numbers are ``aggregate.summarize_methods``'s, as in the reports.
@@ -23,10 +30,17 @@ from typing import Any
 from . import aggregate as agg
 from . import catalogue
 from .catalogue import LOWER, MISSING, Metric
+from ..core import rows as names
 from .rundata import RunSource, as_run
 
 SORT_KEY = ("ood_robustness desc", "clean_acc desc", "model asc")
 COUNTS = (("n_tasks", "tasks"), ("n_seeds", "seeds"))
+ROBUSTNESS_SORT_KEY = ("threat_model asc", "eps asc", "attack asc", "robust_acc desc", "model asc")
+THREAT_MODELS = {"linf": "Linf", "l2": "L2", "l0": "L0"}  # an attack's norm as RobustBench names the threat model
+# the RIB fields a robustness row repeats from its model's entry (``id_acc``: the entry's ``clean_acc``)
+RIB_FIELDS = (("clean_acc", "id_acc"), ("ood_robustness", "ood_robustness"), ("delta_R", "delta_R"),
+              ("pretrain_acc", "pretrain_acc"), ("delta_P", "delta_P"), ("corruption_acc", "corruption_acc"),
+              ("mCE", "mCE"))
 
 
 def board_metrics() -> list[Metric]:
@@ -52,27 +66,165 @@ def _fields(stats: dict[str, agg.Stat], reference: bool = False) -> dict[str, fl
     return out
 
 
-def leaderboard_entries(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(ranked entries of adapted models, reference entries of the pretrained models)."""
+Configs = dict[tuple[str, str, str], dict[str, Any]]  # (backbone, recipe, label) -> method_name, hyperparameters
+
+
+def method_configs(source: RunSource) -> Configs:
+    """(backbone, recipe, method label) -> ``{"method_name": ..., "hyperparameters": {...}}`` as the
+    run's adapt cells recorded them (``RunData.adapt_configs``); a label adapted with several
+    configs gets lists of them."""
+    adapt = as_run(source).adapt_configs
+    found: dict[tuple[str, str, str], dict[str, tuple[str, dict]]] = {}
+    for rec in adapt.values():
+        lab, cfg = rec["labels"], rec["config"]
+        key = (lab.get("backbone"), lab.get("recipe"), lab.get("method"))
+        item = (cfg.get("method"), cfg.get("params", {}))
+        found.setdefault(key, {})[json.dumps(item, sort_keys=True, default=str)] = item
+    out: Configs = {}
+    for key, items in found.items():
+        names_ = sorted({m for m, _ in items.values()}, key=str)
+        params = [p for _, (_, p) in sorted(items.items())]
+        out[key] = {"method_name": names_[0] if len(names_) == 1 else names_,
+                    "hyperparameters": params[0] if len(params) == 1 else params}
+    return out
+
+
+def _budgets(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, bool], set[tuple[str, float]]]:
+    """(backbone, recipe, method, transfer) -> the (attack, eps) budgets of its stored attack rows."""
+    out: dict[tuple[str, str, str, bool], set[tuple[str, float]]] = {}
+    for r in rows:
+        parsed = names.parse_attack(r["eval_set"])
+        if parsed is not None:
+            out.setdefault((r["backbone"], r["recipe"], r["method"], parsed.transfer), set()).add(
+                (parsed.name, parsed.eps))
+    return out
+
+
+def _one_budget(fields: dict[str, Any], key: tuple[str, str, str], budgets: dict) -> dict[str, Any]:
+    """``fields`` without the summary's robust accuracies where they average several budgets."""
+    for board, transfer in (("robust_acc", False), ("transfer_robust_acc", True)):
+        if len(budgets.get((*key, transfer), ())) > 1:
+            fields.pop(board, None)
+            fields.pop(f"{board}_std", None)
+    return fields
+
+
+def leaderboard_entries(rows: list[dict[str, Any]], configs: Configs | None = None
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(ranked entries of adapted models, reference entries of the pretrained models).
+
+    ``robust_acc`` / ``transfer_robust_acc`` are given only for a model attacked at one budget
+    (one attack, one eps): with several, the summary's mean would average budgets, and the
+    numbers are those of ``robustness_rows``, one per budget."""
     entries, refs = [], []
+    budgets = _budgets(rows)
     for s in agg.summarize_methods(rows):
+        key = (s.backbone, s.recipe, s.method)
         base = {"model": f"{s.backbone}/{s.recipe}/{s.method}", "backbone": s.backbone, "recipe": s.recipe,
-                "method": s.method}
+                "method": s.method, **(configs or {}).get(key, {})}
         if s.method == agg.PRETRAINED:
-            refs.append({**base, **_fields(s.stats, reference=True)})
+            refs.append({**base, **_one_budget(_fields(s.stats, reference=True), key, budgets)})
             continue
-        entries.append({**base, **_fields(s.stats), "n_tasks": len(s.tasks), "n_seeds": len(s.seeds)})
+        entries.append({**base, **_one_budget(_fields(s.stats), key, budgets), "n_tasks": len(s.tasks),
+                        "n_seeds": len(s.seeds)})
     entries.sort(key=lambda e: (-e.get("ood_robustness", -math.inf), -e.get("clean_acc", -math.inf), e["model"]))
     return [{"rank": i, **e} for i, e in enumerate(entries, start=1)], refs
+
+
+def attack_label(name: str) -> tuple[str, str]:
+    """(what the attack is called on the leaderboard, its threat model) of a registered attack name.
+
+    ``autoattack`` is torchattacks' re-implementation (``attacks.autoattack.LABEL``) even when
+    torchattacks is not installed where the leaderboard is written; an attack no longer
+    registered keeps its stored name and an unknown threat model (``"?"``)."""
+    from ..evaluate.attacks import ATTACKS
+    from ..evaluate.attacks.autoattack import LABEL as AUTOATTACK_LABEL
+
+    spec = ATTACKS.get(name)
+    if spec is not None:
+        return spec.label, THREAT_MODELS.get(spec.norm, spec.norm)
+    if name == "autoattack":
+        return AUTOATTACK_LABEL, "Linf"
+    return name, "?"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def robustness_rows(rows: list[dict[str, Any]], entries: list[dict[str, Any]] = (),
+                    configs: Configs | None = None) -> list[dict[str, Any]]:
+    """One row per (backbone, recipe, method, attack, eps) with stored attack rows.
+
+    ``clean_acc`` / ``robust_acc`` (%): means over the (task, seed) evaluations of the stored
+    ``attack/<name>/eps=<eps>`` rows (m0's per-task rows ``.../<task>``), measured on the
+    attacked images; ``robust_acc_std`` their sample std; ``n_examples``: the attacked images
+    summed over those evaluations; ``delta_robust_acc`` (points, against m0 on the same
+    images) and ``transfer_robust_acc`` (%, attacks crafted on m0) where stored. The model's
+    RIB fields come from its leaderboard entry (``entries``, adapted or pretrained)."""
+    # (backbone, recipe, method, attack, eps) -> metric -> (task, seed) -> value
+    found: dict[tuple, dict[str, dict[tuple, float]]] = {}
+    for r in rows:
+        parsed = names.parse_attack(r["eval_set"])
+        if parsed is None or r["value"] is None or not agg.is_model_row(r):
+            continue
+        metric = r["metric"]
+        if parsed.transfer:
+            if metric != "robust_acc":
+                continue
+            metric = "transfer_robust_acc"
+        elif metric not in ("robust_acc", "clean_acc", "n", "delta_robust_acc"):
+            continue
+        key = (r["backbone"], r["recipe"], r["method"], parsed.name, parsed.eps)
+        unit = (r["task"] if r["task"] is not None else parsed.task, r["seed"])
+        found.setdefault(key, {}).setdefault(metric, {})[unit] = r["value"]
+    by_model = {e["model"]: e for e in entries}
+    out = []
+    for (backbone, recipe, method, attack, eps), metrics in found.items():
+        if "robust_acc" not in metrics:  # transfer rows alone: no attack on the model itself
+            continue
+        robust = metrics["robust_acc"]
+        label, threat = attack_label(attack)
+        model = f"{backbone}/{recipe}/{method}"
+        row: dict[str, Any] = {"model": model, "backbone": backbone, "recipe": recipe, "method": method,
+                               **(configs or {}).get((backbone, recipe, method), {}),
+                               "threat_model": threat, "eps": int(eps) if threat == "L0" else eps,
+                               "attack": label, "attack_name": attack}
+        if "n" in metrics:
+            row["n_examples"] = int(round(sum(metrics["n"].values())))
+        if "clean_acc" in metrics:
+            row["clean_acc"] = catalogue.PERCENT.rounded(_mean(list(metrics["clean_acc"].values())))
+        row["robust_acc"] = catalogue.PERCENT.rounded(_mean(list(robust.values())))
+        row["robust_acc_std"] = catalogue.PERCENT.rounded(agg.Stat.of(list(robust.values())).std)
+        if "delta_robust_acc" in metrics:
+            row["delta_robust_acc"] = catalogue.POINTS.rounded(_mean(list(metrics["delta_robust_acc"].values())))
+        if "transfer_robust_acc" in metrics:
+            row["transfer_robust_acc"] = catalogue.PERCENT.rounded(
+                _mean(list(metrics["transfer_robust_acc"].values())))
+        entry = by_model.get(model, {})
+        row.update({field: entry[src] for src, field in RIB_FIELDS if src in entry})
+        row["n_tasks"] = len({t for t, _ in robust if t is not None})
+        seeds = {s for _, s in robust if s is not None}
+        if seeds:  # m0's rows have none
+            row["n_seeds"] = len(seeds)
+        out.append({k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))})
+    out.sort(key=lambda r: (r["threat_model"], r["eps"], r["attack"], -r["robust_acc"], r["model"]))
+    return out
 
 
 def leaderboard(source: RunSource) -> dict[str, Any]:
     """The leaderboard document of a run (``RunData`` or folder; what ``write_leaderboard`` saves)."""
     run = as_run(source)
-    entries, refs = leaderboard_entries(run.rows)
-    return {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
-            "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
-            "entries": entries, "pretrained": refs}
+    configs = method_configs(run)
+    entries, refs = leaderboard_entries(run.rows, configs)
+    doc = {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
+           "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
+           "entries": entries, "pretrained": refs}
+    robustness = robustness_rows(run.rows, entries + refs, configs)
+    if robustness:
+        doc["robustness_sort_key"] = list(ROBUSTNESS_SORT_KEY)
+        doc["robustness"] = robustness
+    return doc
 
 
 def _cell(e: dict[str, Any], m: Metric) -> str:
@@ -95,7 +247,30 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join([str(e["rank"]), e["model"], *(_cell(e, m) for m in fields),
                                  *(str(e[k]) for k, _ in COUNTS)]) + " |" for e in entries]
+    if doc.get("robustness"):
+        lines += ["", *_robustness_markdown(doc["robustness"])]
     return "\n".join(lines) + "\n"
+
+
+# leaderboard.md's columns of the robustness rows: (field, header, format)
+ROBUSTNESS_COLUMNS = (("threat_model", "threat model", "s"), ("eps", "eps", "g"), ("attack", "attack", "s"),
+                      ("n_examples", "n", "d"), ("clean_acc", "clean acc %", ".2f"),
+                      ("robust_acc", "robust acc %", ".2f"), ("delta_robust_acc", "Δ robust acc", "+.2f"),
+                      ("transfer_robust_acc", "transfer acc %", ".2f"), ("ood_robustness", "R %", ".2f"),
+                      ("delta_R", "ΔR", "+.2f"), ("delta_P", "ΔP", "+.2f"))
+
+
+def _robustness_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    cols = [c for c in ROBUSTNESS_COLUMNS if any(c[0] in r for r in rows)]
+    headers = ["model", *(h for _, h, _ in cols), *(h for _, h in COUNTS)]
+    lines = ["Under attack: one row per model, threat model, budget (eps) and attack; robust and clean accuracy on "
+             "the attacked images, mean over tasks and seeds (never over budgets); Δ robust acc in points against "
+             "the pretrained model on the same images.", "",
+             "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for r in rows:
+        cells = [format(r[k], f) if k in r else MISSING for k, _, f in cols]
+        lines.append("| " + " | ".join([r["model"], *cells, *(str(r.get(k, MISSING)) for k, _ in COUNTS)]) + " |")
+    return lines
 
 
 def write_leaderboard(source: RunSource, json_path: str | Path | None = None,

@@ -3,7 +3,8 @@
 ``load_run(out_dir)`` opens ``<out_dir>/results.sqlite`` and returns a ``RunData``: the
 flat metric rows (``ResultsStore.metric_rows``), the spec and environment of the last
 `ribench run`, the suite layout (pretraining domain, tasks, eval sets, corruptions) and
-the cells with their status, all read in one transaction (``ResultsStore.snapshot``).
+the cells with their status, all read in one transaction (``ResultsStore.snapshot``), and the
+recorded configs of the adapt cells (a method's hyperparameters, for the leaderboard).
 Every report function takes a ``RunData`` or a folder (``as_run``), so a caller that writes
 several reports of one run (``pipeline.write_reports``) loads the store once and hands the
 same ``RunData`` to each. ``fingerprint`` is a hash of every stored number, used to tell
@@ -38,6 +39,7 @@ class RunData:
     layout: dict[str, Any] = field(default_factory=dict)
     cells: list[dict[str, Any]] = field(default_factory=list)
     started: float | None = None
+    adapt_configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> kind, labels, config
     _rows: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -78,12 +80,14 @@ def load_run(out_dir: str | Path) -> RunData:
     store = open_store(out_dir)
     try:
         snap = store.snapshot()
+        adapt_configs = store.cell_configs("adapt")
     finally:
         store.close()
     run = snap["run"] or {}
     env = dict(run.get("env", {}))
     layout = env.pop("suite", None) or {}
-    return RunData(Path(out_dir), snap["rows"], run.get("spec", {}), env, layout, snap["cells"], run.get("started"))
+    return RunData(Path(out_dir), snap["rows"], run.get("spec", {}), env, layout, snap["cells"], run.get("started"),
+                   adapt_configs)
 
 
 def as_run(source: RunSource) -> RunData:
