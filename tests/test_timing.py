@@ -9,6 +9,8 @@ import pytest
 from ribench.cli import main
 from ribench.core import timing
 from ribench.engine import parse_spec, run
+from ribench.engine import runner as runner_mod
+from ribench.engine.progress import CellTimes, format_eta
 from ribench.engine.store import ResultsStore
 from ribench.report import write_reports
 from ribench.report.aggregate import OTHER_PHASE, cell_costs
@@ -85,9 +87,16 @@ def timed_run(tmp_path_factory):
         "eval": {"val_fraction": 0.2, "pretrain_sample": 30}, "attacks": ATTACKS,
         "diagnostics": {"enabled": False},
     })
-    res = run(spec, out, quiet=True)
+    etas: list = []  # every ETA the grid bar was given, in seconds
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runner_mod, "format_eta", lambda seconds: etas.append(seconds) or format_eta(seconds))
+        res = run(spec, out, quiet=True)
     assert res.ok
+    TIMED_ETAS[:] = etas
     return out
+
+
+TIMED_ETAS: list = []
 
 
 def _done_cells(out):
@@ -148,3 +157,26 @@ def test_both_reports_show_the_cost_table(timed_run):
     row = next(line for line in cost_md.splitlines() if line.startswith("| adapt |"))
     assert f"{train:.2f} ({train / len(adapt):.3f})" in row
     assert f"{train:.2f}" in html_text.split('id="cost-table"')[1]
+
+
+# --- the grid's ETA ------------------------------------------------------------------
+def test_cell_times_estimate_by_kind_then_overall():
+    t = CellTimes()
+    assert t.eta(["adapt"]) is None and t.eta([]) == 0.0
+    t.record("adapt", 2.0)
+    t.record("adapt", 4.0)
+    t.record("evaluate", 9.0)
+    assert t.mean("adapt") == 3.0 and t.mean("pretrain") == 5.0  # unmeasured kind: mean of all three cells
+    assert t.eta(["adapt", "adapt", "evaluate", "pretrain"]) == 3 + 3 + 9 + 5
+    assert t.eta(["adapt", "evaluate"], slots=4) == 12 / 4
+    assert [format_eta(s) for s in (None, 12.4, 185, 3725)] == ["", "ETA 12s", "ETA 3m05s", "ETA 1h02m"]
+
+
+def test_the_grid_eta_comes_from_the_cells_measured_so_far(timed_run):
+    events = [json.loads(line) for line in (timed_run / "events.jsonl").read_text().splitlines()]
+    done = [e for e in events if e["event"] == "done"]
+    n = next(e["cells"] for e in events if e["event"] == "run_start")
+    assert len(TIMED_ETAS) == len(done) == n
+    # after the first cell, every cell left is estimated at its time (no other kind measured yet)
+    assert TIMED_ETAS[0] == pytest.approx((n - 1) * done[0]["seconds"], rel=1e-3, abs=5e-3)
+    assert TIMED_ETAS[-1] == 0.0  # nothing left to run

@@ -54,7 +54,7 @@ from .artifacts import ArtifactStore
 from .execute import CellResult, build_run_suite
 from .executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, WorkerContext, clean_markers
 from .plan import Cell, plan
-from .progress import make_progress
+from .progress import CellTimes, format_eta, make_progress
 from .spec import RunSpec
 from .store import ResultsStore
 
@@ -475,6 +475,7 @@ class _Driver:
         self.attempts: dict[str, int] = {}
         self.losses: dict[str, int] = {}  # deaths of an unknown worker while the cell was in flight
         self.records: dict[str, CellResult] = {}
+        self.times = CellTimes()  # the grid's ETA: measured seconds of the cells finished in this run
 
     def loop(self) -> None:
         sched = self.sched
@@ -500,6 +501,17 @@ class _Driver:
     def _finished(self, key: str, cached: bool) -> None:
         self.sched.finished(key, cached)
         self.prog.advance(self.grid)
+        self._show_eta()
+
+    def eta(self) -> float | None:
+        """Seconds the cells that will still run should take (``CellTimes.eta``): the pending ones
+        of this driver, not those that failed in an earlier run or that another driver holds."""
+        left = (self.sched.by_key[k].kind for k in self.sched.missing
+                if k not in self.failed_before and k not in self.elsewhere)
+        return self.times.eta(left, self.executor.slots)
+
+    def _show_eta(self) -> None:
+        self.prog.update(self.grid, status=format_eta(self.eta()))
 
     def _skipped(self, cells: list[Cell], reason: str) -> None:
         for c in cells:
@@ -571,6 +583,7 @@ class _Driver:
                                    outcome.result.metrics, {**outcome.result.info, "worker": outcome.worker,
                                                             "attempts": attempt})
             self.events("done", cell, attempt=attempt, seconds=round(outcome.seconds, 3), worker=outcome.worker)
+            self.times.record(cell.kind, outcome.seconds)
             self._finished(cell.key, cached=False)
         elif attempt <= self.opts.retries:
             delay = self.opts.backoff * 2 ** (attempt - 1)
