@@ -11,6 +11,11 @@ the predictors in analysis.cellmetrics, the diagnostics in analysis.diagnose.
 A Workspace holds the run's spec, suite, artifact store and device, and what its cells
 share in one process (recently used models, corrupted sets); it never touches the
 results store (only the driver writes it).
+
+``Workspace.run_cell`` measures where each cell's time goes (core.timing): the seconds of
+each phase (load, train, clean_eval, corruption_eval, attacks, save, ...) land in the
+cell's ``info["phase_seconds"]``, never in its metrics, so stored numbers and keys do not
+depend on them.
 """
 
 from __future__ import annotations
@@ -114,8 +119,11 @@ class Workspace:
         set-up), from the moments ``evaluate`` reports each set done; inside an open phase
         (``extra_models``) it all goes to that phase."""
         clock = current_clock()
-        run = lambda report: evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, report,
-                                      max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
+
+        def run(report: Progress) -> Metrics:
+            return evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, report,
+                            max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
+
         if clock is None or clock.active is not None:
             return run(progress)
         corrupted, last = set(self.suite.corruptions), [time.perf_counter()]
