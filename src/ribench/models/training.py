@@ -23,6 +23,12 @@ settings; fp32 outside any block):
 On CUDA, batches come through pinned memory with non-blocking copies, and the loss is
 checked for finiteness every 10 steps rather than every step (each check waits for the
 device); the error still names the first bad step.
+
+The loop records its training curve (core.trainlog): per epoch the mean of the loss it
+optimised and, when ``val`` is given, the top-1 accuracy on ``val`` after the epoch (eval
+mode, under ``torch.inference_mode``, in order: no generator is drawn from and no weight
+or buffer changes, so the trained weights are the same bits with or without it). The
+epochs of each call go to the enclosing ``trainlog.recording()``, if any.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ import torch.nn.functional as F
 from ..core.errors import ConfigError, TrainingError
 from ..core.runtime import (ComputeOptions, autocast, compiled, grad_scaler, pins_memory, resolve_compute,
                             wants_channels_last)
+from ..core import trainlog
+from ..core.trainlog import EpochRecord
 from ..core.types import Split, iter_batches
 from ..data.augment import AugmentConfig, augment
 from .base import Model, first_nonfinite, model_name, to_float_images
@@ -97,6 +105,7 @@ def train_classifier(
     compile: bool | str | None = None,
     channels_last: bool | None = None,
     loader_workers: int | None = None,
+    val: Split | None = None,
 ) -> Model:
     """Train ``model`` in place on ``data`` and return it (in eval mode).
 
@@ -104,6 +113,8 @@ def train_classifier(
     every step's loss (EWC, L2-SP...). ``extra_loss(model, x, y, logits)`` too (LwF).
     ``precision``, ``compile``, ``channels_last``, ``loader_workers``: how it computes
     (module docstring; None: the enclosing ``compute_options``).
+    ``val``: a validation split whose accuracy is recorded after each epoch (module
+    docstring); the curve of the call goes to ``trainlog.recording()``.
     Raises TrainingError when the loss or the trained weights stop being finite
     (module docstring).
     """
@@ -129,10 +140,11 @@ def train_classifier(
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
         with torch.enable_grad():
-            last = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress,
-                         opts, memory_format)
+            last, epochs = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss,
+                                 progress, opts, memory_format, val)
         model.eval()
         _check_final(model, params, last, cfg, total, opts.precision)
+        trainlog.add_run(epochs)
     finally:
         if memory_format is not None:
             model.to(memory_format=torch.contiguous_format)
@@ -185,9 +197,10 @@ class _FiniteLoss:
 
 
 def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress,
-          opts: ComputeOptions = ComputeOptions(), memory_format: torch.memory_format | None = None
-          ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Run ``total`` steps; return the last batch (float images after augmentation, labels)."""
+          opts: ComputeOptions = ComputeOptions(), memory_format: torch.memory_format | None = None,
+          val: Split | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[EpochRecord]]:
+    """Run ``total`` steps; return the last batch (float images after augmentation, labels) and
+    the epochs' records (mean loss, ``val`` accuracy)."""
     device = next(model.parameters()).device
     forward = compiled(model, opts.compile)
     scaler = grad_scaler(opts.precision, device)
@@ -197,7 +210,9 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
     step = 0
     epoch = 0
     last = None
+    records: list[EpochRecord] = []
     while step < total:
+        loss_sum, epoch_steps = None, 0  # summed on the device: no extra synchronisation per step
         for xb, yb in iter_batches(data, cfg.batch_size, shuffle=True, generator=generator,
                                    workers=opts.loader_workers, pin_memory=pin):
             if step >= total:
@@ -226,11 +241,36 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
                 scaler.update()
             sched.step()
             step += 1
+            value = loss.detach().float()
+            loss_sum = value if loss_sum is None else loss_sum + value
+            epoch_steps += 1
             last = (x, y)
             if step % 10 == 0 or step == total:
                 progress(step / total, f"loss {loss.item():.3f}")
-        epoch += 1
         if last is None:  # an empty split yields no batch: no epoch would ever make progress
             raise TrainingError("nothing to train on: the training split is empty")
+        if epoch_steps:
+            finite.check()  # a non-finite loss is reported by step before any record of it
+            acc = None if val is None else _accuracy(model, val, cfg.batch_size, device, opts, pin)
+            records.append(EpochRecord(epoch + 1, epoch_steps, float(loss_sum) / epoch_steps, acc))
+        epoch += 1
     finite.check()
-    return last
+    return last, records
+
+
+def _accuracy(model: Model, split: Split, batch_size: int, device: torch.device, opts: ComputeOptions,
+              pin: bool) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``split`` (in order, eval mode, inference mode), the
+    model's train/eval mode restored after; nan for an empty split."""
+    was_training = model.training
+    model.eval()
+    correct, n = torch.zeros((), dtype=torch.int64, device=device), 0
+    try:
+        with torch.inference_mode(), autocast(opts.precision, device):
+            for xb, yb in iter_batches(split, batch_size, workers=opts.loader_workers, pin_memory=pin):
+                x = to_float_images(xb.to(device, non_blocking=True))
+                correct += (model(x).argmax(1) == yb.to(device, non_blocking=True)).sum()
+                n += len(yb)
+    finally:
+        model.train(was_training)
+    return int(correct) / n if n else float("nan")
