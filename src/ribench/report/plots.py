@@ -15,6 +15,7 @@ import io
 import json
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ STYLE = {
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
 DIVERGING = "RdBu"  # red: accuracy lost against m0, blue: gained
 PNG_DPI = 110
+TITLE_CHARS = 48  # a line of a 9-pt title in one of two panels of an 8-inch figure
 
 
 @dataclass
@@ -221,20 +223,31 @@ def predictor_figure(run: RunData, predictor: str, colors: dict[str, str]) -> tu
     summary = []
     methods = [m for m in agg.method_order(run.rows) if any(p.method == m for p in pts)]
     tests = {t.target: t for t in agg.prediction_tests(run.rows, agg.ACROSS_TASKS, predictor)}
+    backbones = sorted({p.backbone for p in pts}, key=str)
+    markers = {b: BACKBONE_MARKERS[i % len(BACKBONE_MARKERS)] for i, b in enumerate(backbones)}
     for ax, target, label in ((axes[0], "dP", "ΔP (points)"), (axes[1], "dR", "ΔR (points)")):
         for m in methods:
-            sel = [p for p in pts if p.method == m]
-            ax.scatter([p.x for p in sel], [100 * getattr(p, target) for p in sel], s=22, color=colors.get(m, "#444444"),
-                       label=m, edgecolors="white", linewidths=0.5)
+            for b in backbones:
+                sel = [p for p in pts if p.method == m and p.backbone == b]
+                if sel:
+                    ax.scatter([p.x for p in sel], [100 * getattr(p, target) for p in sel], s=22, marker=markers[b],
+                               color=colors.get(m, "#444444"), edgecolors="white", linewidths=0.5)
         rho_text = correlation_text(tests[target]) if target in tests else "ρ undefined"
         summary.append(f"{label.split()[0]} {rho_text}")
-        ax.set_title(f"{label.split()[0]} vs {name}, across tasks:\nSpearman {rho_text}", fontsize=9)
+        # wrapped to the panel's width, so the two panels' titles never run into each other
+        ax.set_title("\n".join(textwrap.wrap(f"{label.split()[0]} vs {name}, across tasks: Spearman {rho_text}",
+                                             TITLE_CHARS)), fontsize=9)
         ax.axhline(0, color="#999999", linewidth=0.8)
         ax.set_xlabel(name)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside right center", frameon=False)
+    from matplotlib.lines import Line2D
+
+    # colour: method; marker: backbone (its shape shown in grey)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colors.get(m, "#444444")) for m in methods]
+    handles += [Line2D([], [], marker=markers[b], linestyle="", color="#555555") for b in backbones]
+    fig.legend(handles, [method_label(m) for m in methods] + [f"backbone {b}" for b in backbones],
+               loc="outside right center", frameon=False)
     return fig, "; ".join(summary)
 
 
@@ -282,11 +295,134 @@ def similarity_figure(curves: dict[str, dict[str, list[tuple[int, str, float]]]]
     return fig
 
 
+# --- per-method scatters --------------------------------------------------------------
+RECIPE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
+BACKBONE_MARKERS = RECIPE_MARKERS
+LABEL_OFFSETS = [(5, 4), (5, -10), (-5, 4), (-5, -10), (0, 9), (0, -14), (10, 0), (-10, 0)]  # points, tried in turn
+
+
+def _errorbar(stat: agg.Stat | None) -> list[list[float]] | None:
+    """[[below], [above]] of the 95% interval in points (%), None where there is none."""
+    if stat is None or not (math.isfinite(stat.lo) and math.isfinite(stat.hi)):
+        return None
+    return [[_pct(stat.mean - stat.lo)], [_pct(stat.hi - stat.mean)]]
+
+
+def _place_labels(fig: Figure, labels: list[tuple]) -> None:
+    """Annotate each ``(ax, x, y, text, color)`` point, choosing for every label the first
+    offset whose box overlaps no text placed before it (titles, ticks, other labels); the
+    labels do not take part in the layout, so the layout drawn here is the one saved."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    taken = [t.get_window_extent(renderer) for t in _texts(fig)]
+    for ax, x, y, text, color in labels:
+        for k, (dx, dy) in enumerate(LABEL_OFFSETS * 2):
+            far = k >= len(LABEL_OFFSETS)  # second round: twice as far, with a leader line
+            off = (dx * 2.2, dy * 2.2) if far else (dx, dy)
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=off, fontsize=7.5, color=color,
+                              ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom" if dy > 0 else "top"
+                              if dy < 0 else "center", annotation_clip=False,
+                              arrowprops={"arrowstyle": "-", "color": color, "lw": 0.6} if far else None)
+            ann.set_in_layout(False)
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in taken) or k == 2 * len(LABEL_OFFSETS) - 1:
+                taken.append(box)
+                break
+            ann.remove()
+
+
+def _texts(fig: Figure) -> list:
+    """Every text the figure draws (titles, axis labels, tick labels, legends, annotations):
+    visible, not empty, and for tick labels only those of ticks inside the view limits
+    (matplotlib keeps the others' artists, undrawn, at stale positions)."""
+    from matplotlib.text import Text
+
+    hidden = set()
+    for ax in fig.axes:
+        for axis, i in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            lo, hi = sorted(axis.get_view_interval())
+            tol = 1e-9 * max(1.0, abs(hi - lo))
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if not lo - tol <= tick.get_loc() <= hi + tol:
+                    hidden.update(id(t) for t in (tick.label1, tick.label2))
+    return [t for t in fig.findobj(Text) if id(t) not in hidden and t.get_visible() and t.get_text().strip()]
+
+
+def method_scatter_figure(summaries: list[agg.MethodSummary], backbone: str, colors: dict[str, str]) -> Figure | None:
+    """Two scatters of one backbone, one point per (recipe, method), mean over tasks and seeds
+    with the 95% interval as error bars: ΔR against ΔP (robustness change against
+    forgetting; m0 at (0, 0)), and OOD robustness R against ID accuracy (m0's R a dashed
+    line: the effective robustness of a method is its height above it at equal ID accuracy)."""
+    rows = [s for s in summaries if s.backbone == backbone]
+    recipes = sorted({s.recipe for s in rows}, key=str)
+    markers = {rc: RECIPE_MARKERS[i % len(RECIPE_MARKERS)] for i, rc in enumerate(recipes)}
+    panels = (("dP", "dR", "ΔP, retention of the pretraining task (points)", "ΔR, robustness change (points)",
+               "forgetting against robustness"),
+              ("id_acc", "R", "ID accuracy (%)", "OOD robustness R (%)", "ID against OOD accuracy"))
+    drawn = [s for s in rows if s.method == agg.PRETRAINED or all(k in s.stats for k in ("dP", "dR"))]
+    if not any(s.method != agg.PRETRAINED for s in drawn):
+        return None
+    fig = Figure(figsize=(9.0, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    labels = []
+    for ax, (xk, yk, xlabel, ylabel, title) in zip(axes, panels):
+        for s in rows:
+            text = method_label(s.method) + (f" · {s.recipe}" if len(recipes) > 1 else "")
+            color = colors.get(s.method, "#444444")
+            if s.method == agg.PRETRAINED:
+                if xk == "dP":  # the reference of every Δ
+                    x, y, xerr, yerr = 0.0, 0.0, None, None
+                else:
+                    r = s.stats.get("R")
+                    if r is not None and math.isfinite(r.mean):
+                        ax.axhline(_pct(r.mean), color=color, linestyle="--", linewidth=1.0)
+                        labels.append((ax, ax.get_xlim()[0], _pct(r.mean), text, color))
+                    continue
+            elif xk in s.stats and yk in s.stats:
+                x, y = _pct(s.stats[xk].mean), _pct(s.stats[yk].mean)
+                xerr, yerr = _errorbar(s.stats[xk]), _errorbar(s.stats[yk])
+            else:
+                continue
+            if not (math.isfinite(x) and math.isfinite(y)):
+                continue
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=markers[s.recipe], color=color, markersize=6,
+                        markeredgecolor="white", markeredgewidth=0.6, elinewidth=0.9, capsize=2, label=text)
+            labels.append((ax, x, y, text, color))
+        if xk == "dP":
+            ax.axhline(0, color="#999999", linewidth=0.8)
+            ax.axvline(0, color="#999999", linewidth=0.8)
+        ax.margins(0.15)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{backbone}: one point per {'recipe and ' if len(recipes) > 1 else ''}method, mean over tasks and "
+                 f"seeds (bars: 95% interval)", fontsize=10)
+    if len(recipes) > 1:
+        from matplotlib.lines import Line2D
+
+        handles = [Line2D([], [], marker=markers[rc], linestyle="", color="#555555") for rc in recipes]
+        fig.legend(handles, [f"recipe {rc}" for rc in recipes], loc="outside right center", frameon=False)
+    # the m0 line's label sits at the left edge, fixed once the limits are
+    labels = [(ax, ax.get_xlim()[0] if text.startswith(method_label(agg.PRETRAINED)) and ax is axes[1] else x, y, text, c)
+              for ax, x, y, text, c in labels]
+    _place_labels(fig, labels)
+    return fig
+
+
 # --- all of a run's figures -----------------------------------------------------------
 CAPTIONS = {
     "inheritance": "Rows: the task each model was fine-tuned on (top row: m0). Columns: eval sets, corruption sets "
                    "folded into one. Colour: change of accuracy from m0 in points (blue gained, red lost); outlined: "
                    "the fine-tuning task itself.",
+    "methods": "Left: ΔR (y) against ΔP (x) of each method, points; m0, the reference of both, at (0, 0); up is "
+               "robustness gained, left is forgetting. Right: OOD robustness R (y) against ID accuracy (x), %; the "
+               "dashed line is m0's R, so a point's height above it is the robustness the method kept or gained. One "
+               "point per recipe and method, mean over fine-tuning tasks and seeds; bars: 95% t-interval over the "
+               "(task, seed) runs, none with a single run.",
     "radar": "Dashed black: m0. One polygon per method, mean over the tasks it was fine-tuned on; on a task's own axis "
              "only models fine-tuned on other tasks count, so every axis is out-of-distribution.",
     "corruptions": "Accuracy per corruption (panels) and severity (x), mean over fine-tuning tasks and seeds; dashed "
@@ -336,6 +472,15 @@ def build_plots(run: RunData) -> list[Plot]:
                 if fig is not None:
                     plots.append(Plot(_slug(section, b, rc), section, f"{TITLES[section]}: {b} / {rc}",
                                       CAPTIONS[section], fig))
+        summaries = agg.summarize_methods(run.rows)
+        scatters = []
+        for b in sorted({s.backbone for s in summaries}, key=str):
+            fig = method_scatter_figure(summaries, b, colors)
+            if fig is not None:
+                scatters.append(Plot(_slug("methods", b), "inheritance", f"Methods compared: {b}",
+                                     CAPTIONS["methods"], fig))
+        at = sum(p.section == "inheritance" for p in plots)  # after the heatmaps, in page order
+        plots[at:at] = scatters
         for p in agg.predictors_present(run.rows):
             res = predictor_figure(run, p, colors)
             if res is not None:
