@@ -75,3 +75,80 @@ def test_outside_recording_nothing_is_kept_and_each_call_is_one_run(tiny):
             train_classifier(tiny_model("cnn"), train, TrainConfig(epochs=1, batch_size=32),
                              generator=torch.Generator().manual_seed(0))
     assert [len(r) for r in log.runs] == [1, 1]
+
+
+# --- the rows --------------------------------------------------------------------------
+def test_train_epoch_rows_build_parse_and_are_special():
+    from ribench.core import rows
+
+    assert rows.train_epoch(3) == "train/epoch=3"
+    assert rows.train_epoch(2, run=1) == "train/run=1/epoch=2"
+    assert rows.parse_train_epoch("train/epoch=3") == (0, 3)
+    assert rows.parse_train_epoch("train/run=1/epoch=2") == (1, 2)
+    for other in ("train", "t1", "train/epoch=0", "train/epoch=x", "train/run=0/epoch=1", "curve/alpha=0.5", "*"):
+        assert rows.parse_train_epoch(other) is None, other
+    assert rows.is_special("train/epoch=1") and rows.is_special("train/run=2/epoch=1")
+    assert not rows.is_special("t1")
+
+
+# --- the engine --------------------------------------------------------------------------
+SPEC = {"name": "curves", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"],
+        "methods": [{"name": "ft", "params": {"epochs": 2}}, "lp"], "tasks": ["t1"], "seeds": [0], "device": "cpu",
+        "pretrain": {"epochs": 2}, "eval": {"val_fraction": 0.2, "pretrain_sample": 50},
+        "analysis": {"enabled": False}, "diagnostics": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def curve_run(tmp_path_factory):
+    from ribench.engine import parse_spec, run
+
+    out = tmp_path_factory.mktemp("curves")
+    spec = parse_spec(SPEC)
+    assert run(spec, out, quiet=True).ok
+    return spec, out
+
+
+def _rows(out, kind):
+    import sqlite3
+
+    con = sqlite3.connect(out / "results.sqlite")
+    got = con.execute("SELECT c.key, m.method, m.eval_set, m.metric, m.value FROM metrics m JOIN cells c "
+                      "ON m.cell = c.key WHERE c.kind = ?", (kind,)).fetchall()
+    con.close()
+    return got
+
+
+def test_adapt_and_pretrain_cells_store_their_curves(curve_run):
+    from ribench.engine.execute import Workspace, build_run_suite
+    from ribench.engine.artifacts import ArtifactStore
+    from ribench.models import load_model
+
+    spec, out = curve_run
+    pre = _rows(out, "pretrain")
+    assert {(es, m) for _, _, es, m, _ in pre} == {("train/epoch=1", "train_loss"), ("train/epoch=2", "train_loss")}
+    adapt = _rows(out, "adapt")
+    assert {m for _, m, *_ in adapt} == {"ft"}  # lp fits its head in closed form: no loop, no curve
+    ft = {(es, metric): v for _, _, es, metric, v in adapt}
+    assert set(ft) == {(f"train/epoch={e}", m) for e in (1, 2) for m in ("train_loss", "val_acc")}
+    # the last epoch's val_acc is the stored model's accuracy on the cell's validation part
+    (key,) = {k for k, *_ in adapt}
+    ws = Workspace(spec, build_run_suite(spec), ArtifactStore(out / "artifacts"), torch.device("cpu"))
+    _, val = ws.split("t1")
+    model = load_model(out / "artifacts" / key[:2] / f"{key}.safetensors").eval()
+    with torch.no_grad():
+        acc = (model(val.images.float() / 255.0).argmax(1) == val.labels).float().mean().item()
+    assert ft[("train/epoch=2", "val_acc")] == pytest.approx(acc, abs=1e-12)
+
+
+def test_tensorboard_without_the_package_fails_at_load_naming_field_and_pip():
+    from ribench.core import ConfigError
+    from ribench.engine import parse_spec
+    from ribench.engine.logging import tensorboard_error
+
+    assert parse_spec(SPEC).logging.tensorboard is False
+    if tensorboard_error() is None:
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(ConfigError, match=r"logging\.tensorboard.*pip install tensorboard"):
+        parse_spec({**SPEC, "logging": {"tensorboard": True}})
+    # a stored run is read without its optional packages
+    assert parse_spec({**SPEC, "logging": {"tensorboard": True}}, check_packages=False).logging.tensorboard

@@ -13,7 +13,10 @@ method/task labels that carry meaning are built and parsed only here:
   ``transfer(name, eps)`` -> ``"transfer/<name>/eps=<eps>"`` (crafted on m0);
 - ``masking(name, task)`` -> ``"masking/<name>[/<task>]"``: gradient-masking warnings of an attack;
 - ``diag(measure, sample)`` -> ``"diag/<measure>/<sample>"``, ``DIAG_SUMMARY``,
-  ``DIAG_LAYERS``: per-model diagnostics.
+  ``DIAG_LAYERS``: per-model diagnostics;
+- ``train_epoch(epoch, run)`` -> ``"train/epoch=<e>"`` (``"train/run=<r>/epoch=<e>"`` for a
+  cell's later training runs): a point of the training curve of an adapt or pretrain cell
+  (metrics ``train_loss``, ``val_acc``).
 
 The strings are part of the stored format: a run made by an earlier version reads the
 same, so they never change; a new family is added here with its builder and parser.
@@ -36,6 +39,9 @@ MASKING_PREFIX = "masking/"
 DIAG_PREFIX = "diag/"
 DIAG_SUMMARY = "diag/summary"
 DIAG_LAYERS = "diag/layers"
+TRAIN_PREFIX = "train/"
+TRAIN_LOSS = "train_loss"
+VAL_ACC = "val_acc"
 
 
 def curve(alpha: float) -> str:
@@ -110,7 +116,29 @@ def is_diag(eval_set: str) -> bool:
     return eval_set.startswith(DIAG_PREFIX)
 
 
+def train_epoch(epoch: int, run: int = 0) -> str:
+    """``train_epoch(3)`` -> ``"train/epoch=3"``; a cell's later training runs (``run`` >= 1, in
+    call order) -> ``"train/run=1/epoch=3"``. Epochs count from 1."""
+    return f"{TRAIN_PREFIX}" + (f"run={run}/" if run else "") + f"epoch={epoch}"
+
+
+_TRAIN = re.compile(r"^train/(?:run=(?P<run>[1-9][0-9]*)/)?epoch=(?P<epoch>[1-9][0-9]*)$")
+
+
+def parse_train_epoch(eval_set: str) -> tuple[int, int] | None:
+    """(run, epoch) of a training-curve row (run 0: the cell's first training run); None otherwise."""
+    m = _TRAIN.match(eval_set)
+    if not m:
+        return None
+    return int(m["run"] or 0), int(m["epoch"])
+
+
+def is_train_curve(eval_set: str) -> bool:
+    return eval_set.startswith(TRAIN_PREFIX)
+
+
 def is_special(eval_set: str) -> bool:
-    """True for every row that is not a plain eval-set accuracy row (summary, curve, attack, transfer, diag)."""
+    """True for every row that is not a plain eval-set accuracy row (summary, curve, attack, transfer, diag,
+    training curve)."""
     return (eval_set == SUMMARY or eval_set.startswith((CURVE_PREFIX, ATTACK_PREFIX, TRANSFER_PREFIX,
-                                                        DIAG_PREFIX)))
+                                                        DIAG_PREFIX, TRAIN_PREFIX)))

@@ -5,7 +5,9 @@ training loss over the epoch's steps and, when it is given a validation split, t
 accuracy on it after the epoch) and hands the run's list to ``add_run``. Inside
 ``recording()`` (the engine wraps each adapt and pretrain cell in one), those lists are
 collected in a ``TrainingLog``, one list per call of the loop, in call order; outside it
-(a library user calling the loop by hand) nothing is kept. The log is held in a context
+(a library user calling the loop by hand) nothing is kept. ``recording(val=split)`` also
+names the validation split of the calls inside it that pass none themselves (the engine
+gives an adapt cell's task validation part, so every method's curve has ``val_acc``). The log is held in a context
 variable, like core.timing's clock, so threads and tasks each see their own.
 
 Recording never changes a trained number: the loss is summed from values the loop
@@ -18,7 +20,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class TrainingLog:
     """The runs of the training loop inside one ``recording()``: ``runs[i]`` is the i-th call's epochs."""
 
     runs: list[list[EpochRecord]] = field(default_factory=list)
+    val: Any = None  # the default validation split (core.types.Split) of the runs inside, or None
 
     def add_run(self, epochs: list[EpochRecord]) -> None:
         self.runs.append(list(epochs))
@@ -48,9 +51,10 @@ _LOG: ContextVar[TrainingLog | None] = ContextVar("ribench_training_log", defaul
 
 
 @contextmanager
-def recording() -> Iterator[TrainingLog]:
-    """A fresh log for the block; every training run inside it is added to it."""
-    log = TrainingLog()
+def recording(val: Any = None) -> Iterator[TrainingLog]:
+    """A fresh log for the block; every training run inside it is added to it. ``val``: the
+    validation split of the runs that are given none."""
+    log = TrainingLog(val=val)
     token = _LOG.set(log)
     try:
         yield log
@@ -61,6 +65,12 @@ def recording() -> Iterator[TrainingLog]:
 def current() -> TrainingLog | None:
     """The log of the enclosing ``recording``, or None."""
     return _LOG.get()
+
+
+def default_val() -> Any:
+    """The validation split the current log names (``recording(val=...)``), or None."""
+    log = _LOG.get()
+    return None if log is None else log.val
 
 
 def add_run(epochs: list[EpochRecord]) -> None:

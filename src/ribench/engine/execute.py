@@ -16,6 +16,11 @@ results store (only the driver writes it).
 each phase (load, train, clean_eval, corruption_eval, attacks, save, ...) land in the
 cell's ``info["phase_seconds"]``, never in its metrics, so stored numbers and keys do not
 depend on them.
+
+The adapt and pretrain runners record the training curves of the loop (core.trainlog;
+an adapt cell's runs are validated on its task's validation part) and return them as
+rows ``train/epoch=<e>`` (engine/logging.py); ``[logging] tensorboard`` also writes them
+under ``<out>/tensorboard/<cell key>``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ..core.errors import CheckpointError, RibenchError
 from ..core.registry import METHODS
 from ..core.rows import SUMMARY
 from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
+from ..core import trainlog
 from ..core.timing import current as current_clock, measure, phase
 from ..core.types import Domain, Split, Suite
 from ..data import build_suite, corrupt
@@ -45,6 +51,7 @@ from ..models.base import Model
 from ..models.checkpoint import load_model, save_model
 from ..models.pretrain import PretrainConfig, pretrain_backbone
 from .artifacts import ArtifactStore
+from .logging import training_rows, write_tensorboard
 from .plan import Cell, corruption_set, outside_backbones
 from .spec import RunSpec
 
@@ -139,6 +146,14 @@ class Workspace:
         finally:
             clock.add("clean_eval", time.perf_counter() - last[0])
 
+    def training_curves(self, cell: Cell, log: trainlog.TrainingLog) -> Metrics:
+        """The rows of the training runs in ``log`` (engine/logging.py), also written as TensorBoard
+        events under ``<out>/tensorboard/<cell key>`` when the spec's ``[logging] tensorboard`` asks."""
+        if self.spec.logging.tensorboard and log.runs:
+            with phase("save"):
+                write_tensorboard(self.artifacts.root.parent / "tensorboard" / cell.key, log)
+        return training_rows(log)
+
     def with_corruptions(self, keys: tuple[str, ...]) -> "Workspace":
         """This workspace over a suite whose corruption sets are the engine-made ``keys`` (none: as it is)."""
         if not keys:
@@ -210,11 +225,11 @@ def run_pretrain(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
         return _load_given(ws, cell)
     pt = dict(c["pretrain"])
     seed = pt.pop("seed")
-    with phase("pretrain"):
+    with phase("pretrain"), trainlog.recording() as log:
         model, info = pretrain_backbone(c["backbone"], ws.suite, c["recipe"], PretrainConfig(**pt), seed, ws.device,
                                         progress)
     ws.save(cell.key, model)
-    return CellResult(info=info)
+    return CellResult(metrics=ws.training_curves(cell, log), info=info)
 
 
 def _load_given(ws: Workspace, cell: Cell) -> CellResult:
@@ -284,11 +299,11 @@ def run_adapt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Cell
         progress=progress, features=ws.feature_fn(pretrained_key, pretrained, c["task"]),
     )
     t0 = time.perf_counter()
-    with phase("train"):
+    with phase("train"), trainlog.recording(val=val) as log:
         model = method.adapt(pretrained, task, ctx)
     info = {"train_seconds": time.perf_counter() - t0, **ctx.info}
     ws.save(cell.key, model)
-    return CellResult(info=info)
+    return CellResult(metrics=ws.training_curves(cell, log), info=info)
 
 
 def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> CellResult:

@@ -20,6 +20,9 @@ Example (the ``quick`` preset)::
     [pretrain]
     epochs = 5
     seed = 0
+
+    [logging]
+    tensorboard = false                # true: training curves also as TensorBoard events
 """
 
 from __future__ import annotations
@@ -138,6 +141,14 @@ class DiagnosticsSpec(_Strict):
     knn_k: int = Field(10, gt=0, description="neighbours of the mutual k-NN alignment")
 
 
+class LoggingSpec(_Strict):
+    """Loggers of the training curves (engine/logging.py); the curves are stored as result rows either way."""
+
+    tensorboard: bool = Field(False, description="also write each adapt and pretrain cell's training curve as "
+                              "TensorBoard events under <out>/tensorboard/<cell key> (needs `pip install "
+                              "tensorboard`)")
+
+
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
@@ -173,6 +184,7 @@ class RunSpec(_Strict):
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
     diagnostics: DiagnosticsSpec = Field(default_factory=DiagnosticsSpec)
     corruptions: CorruptionSpec | None = Field(None, description="corruption eval sets made by the engine")
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
 
     trust_checkpoint: bool = Field(False, description="unpickle full-pickle weights of outside backbones "
                                    "(can run code; the CLI's --trust-checkpoint)")
@@ -288,6 +300,10 @@ def parse_spec(data: dict[str, Any], source: str = "spec", base_dir: str | Path 
     from .names import check_names  # the layers the names live in, imported once a spec is read
 
     check_names(spec, packages=check_packages)
+    if check_packages and spec.logging.tensorboard:
+        from .logging import check_tensorboard
+
+        check_tensorboard()
     return spec
 
 

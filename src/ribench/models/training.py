@@ -28,7 +28,8 @@ The loop records its training curve (core.trainlog): per epoch the mean of the l
 optimised and, when ``val`` is given, the top-1 accuracy on ``val`` after the epoch (eval
 mode, under ``torch.inference_mode``, in order: no generator is drawn from and no weight
 or buffer changes, so the trained weights are the same bits with or without it). The
-epochs of each call go to the enclosing ``trainlog.recording()``, if any.
+epochs of each call go to the enclosing ``trainlog.recording()``, if any, which may also name
+the ``val`` of the calls that pass none.
 """
 
 from __future__ import annotations
@@ -114,12 +115,14 @@ def train_classifier(
     ``precision``, ``compile``, ``channels_last``, ``loader_workers``: how it computes
     (module docstring; None: the enclosing ``compute_options``).
     ``val``: a validation split whose accuracy is recorded after each epoch (module
-    docstring); the curve of the call goes to ``trainlog.recording()``.
+    docstring; None: the enclosing ``trainlog.recording(val=...)``'s, if any); the curve of
+    the call goes to ``trainlog.recording()``.
     Raises TrainingError when the loss or the trained weights stop being finite
     (module docstring).
     """
     opts = resolve_compute(precision=precision, compile=compile, channels_last=channels_last,
                            loader_workers=loader_workers)
+    val = val if val is not None else trainlog.default_val()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     if not params:
         raise TrainingError("nothing to train: no parameter requires grad")
