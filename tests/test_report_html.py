@@ -414,6 +414,18 @@ def test_report_renders_in_chromium(runs, browser):
                                             "inside"}
     for p in plots:
         assert p["w"] > 200 and p["h"] > 100 and p["drawn"] > 20, p
+    # by layout: no two texts drawn in a figure (titles, labels, ticks, legends) overlap on the page
+    overlaps = browser.js("""Array.from(document.querySelectorAll('figure.plot')).flatMap(f => {
+        const boxes = Array.from(f.querySelectorAll('svg text')).filter(t => t.textContent.trim())
+            .map(t => [t.textContent, t.getBoundingClientRect()]).filter(([, r]) => r.width > 0 && r.height > 0);
+        const out = [];
+        for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+            const [a, p] = boxes[i], [b, q] = boxes[j];
+            const dx = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+            const dy = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+            if (dx > 1 && dy > 1) out.push([f.id, a, b]); }
+        return out; })""")
+    assert overlaps == []
     # ids of the inlined SVGs (clip paths, markers) are prefixed per plot: none clashes
     ids = browser.js("Array.from(document.querySelectorAll('[id]')).map(e => e.id)")
     assert len(ids) == len(set(ids)) and len(ids) > 100

@@ -255,17 +255,22 @@ def wise_ft_figure(run: RunData, backbone: str, recipe: str,
                    curves: dict[str, list[tuple[float, float, float]]]) -> Figure:
     fig = Figure(figsize=(5.8, 4.0), layout="constrained")
     ax = fig.add_subplot()
+    labels, seen = [], set()
     for i, (task, pts) in enumerate(sorted(curves.items())):
         c = PALETTE[i % len(PALETTE)]
         xs, ys = [_pct(p[1]) for p in pts], [_pct(p[2]) for p in pts]
         ax.plot(xs, ys, marker="o", markersize=4, color=c, label=f"fine-tuned on {task}")
         for (alpha, _, _), x, y in zip(pts, xs, ys):
-            ax.annotate(f"α={alpha:g}", (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=c)
+            key = (f"α={alpha:g}", round(x, 6), round(y, 6))  # α = 0 is m0 itself, shared by every curve
+            if key not in seen:
+                seen.add(key)
+                labels.append((ax, x, y, key[0], c if alpha else "#111111"))
     ax.set_xlabel("ID accuracy (%)")
     ax.set_ylabel("OOD robustness R (%)")
     ax.set_title(f"{backbone} / {recipe}: WiSE-FT, α = weight of the fine-tuned model")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
+    _place_labels(fig, labels)
     return fig
 
 
