@@ -152,3 +152,36 @@ def test_tensorboard_without_the_package_fails_at_load_naming_field_and_pip():
         parse_spec({**SPEC, "logging": {"tensorboard": True}})
     # a stored run is read without its optional packages
     assert parse_spec({**SPEC, "logging": {"tensorboard": True}}, check_packages=False).logging.tensorboard
+
+
+@pytest.mark.extras
+def test_tensorboard_writer_holds_the_same_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ribench.core.trainlog import EpochRecord, TrainingLog
+    from ribench.engine.logging import check_tensorboard, write_tensorboard
+
+    check_tensorboard()  # importable: no error
+    log = TrainingLog(runs=[[EpochRecord(1, 4, 1.25, 0.5), EpochRecord(2, 4, 0.75, 0.625)],
+                            [EpochRecord(1, 2, 0.5)]])
+    write_tensorboard(tmp_path / "tb", log)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    got = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert got == {"train_loss": [(1, 1.25), (2, 0.75)], "val_acc": [(1, 0.5), (2, 0.625)],
+                   "run1/train_loss": [(1, 0.5)]}
+
+
+@pytest.mark.extras
+def test_tensorboard_run_writes_events_per_trained_cell(tmp_path):
+    pytest.importorskip("tensorboard")
+    from ribench.engine import parse_spec, run
+
+    spec = parse_spec({**SPEC, "methods": [{"name": "ft", "params": {"epochs": 1}}],
+                       "logging": {"tensorboard": True}})
+    assert run(spec, tmp_path, quiet=True).ok
+    trained = {k for k, *_ in _rows(tmp_path, "adapt") + _rows(tmp_path, "pretrain")}
+    assert len(trained) == 2
+    assert {p.name for p in (tmp_path / "tensorboard").iterdir()} == trained
+    assert all(any(p.glob("events.out.tfevents.*")) for p in (tmp_path / "tensorboard").iterdir())
