@@ -6,7 +6,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= runs/quick
 # The extras lane: its own venv with a torch/torchvision pair that imports together (a large
-# CUDA build that also runs on the CPU) and timm, for the tests of real timm backbones.
+# CUDA build that also runs on the CPU), timm and tensorboard, for the tests of real timm
+# backbones and of the TensorBoard logger.
 EXTRAS_VENV ?= .venv-extras
 EXTRAS_PY   := $(EXTRAS_VENV)/bin/python
 EXTRAS_STAMP := $(EXTRAS_VENV)/.installed
@@ -37,11 +38,12 @@ $(EXTRAS_STAMP): pyproject.toml
 	test -x $(EXTRAS_PY) || $(PYTHON) -m venv $(EXTRAS_VENV)
 	$(EXTRAS_PY) -m pip install -q --upgrade pip
 	$(EXTRAS_PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(EXTRAS_PY) -m pip install -q -e ".[test,timm]"
+	$(EXTRAS_PY) -m pip install -q -e ".[test,timm]" tensorboard
 	touch $(EXTRAS_STAMP)
 
 test-extras: $(EXTRAS_STAMP)
-	RIBENCH_EXTRAS=1 $(EXTRAS_PY) -m pytest -q -m "extras or not slow" tests/test_timm.py tests/test_external_models.py
+	RIBENCH_EXTRAS=1 $(EXTRAS_PY) -m pytest -q -m "extras or not slow" tests/test_timm.py tests/test_external_models.py \
+		tests/test_training_curves.py
 
 bench: $(STAMP)
 	$(PY) bench/throughput.py

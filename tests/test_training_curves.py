@@ -4,6 +4,7 @@ adapt and pretrain cells store, and the optional TensorBoard writer."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -154,9 +155,18 @@ def test_tensorboard_without_the_package_fails_at_load_naming_field_and_pip():
     assert parse_spec({**SPEC, "logging": {"tensorboard": True}}, check_packages=False).logging.tensorboard
 
 
+def _needs_tensorboard() -> None:
+    """The extras lane (`make test-extras`, RIBENCH_EXTRAS=1) installs tensorboard: there a missing
+    package is a failure; in the default lane these tests wait for that lane."""
+    if os.environ.get("RIBENCH_EXTRAS") == "1":
+        import tensorboard  # noqa: F401
+    else:
+        pytest.importorskip("tensorboard", reason="tensorboard is optional; `make test-extras` runs these tests")
+
+
 @pytest.mark.extras
 def test_tensorboard_writer_holds_the_same_scalars(tmp_path):
-    pytest.importorskip("tensorboard")
+    _needs_tensorboard()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from ribench.core.trainlog import EpochRecord, TrainingLog
@@ -175,7 +185,7 @@ def test_tensorboard_writer_holds_the_same_scalars(tmp_path):
 
 @pytest.mark.extras
 def test_tensorboard_run_writes_events_per_trained_cell(tmp_path):
-    pytest.importorskip("tensorboard")
+    _needs_tensorboard()
     from ribench.engine import parse_spec, run
 
     spec = parse_spec({**SPEC, "methods": [{"name": "ft", "params": {"epochs": 1}}],
