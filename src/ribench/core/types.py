@@ -244,7 +244,14 @@ class Domain:
 
 @dataclass(frozen=True)
 class Suite:
-    """One label space, a pretraining domain, fine-tuning tasks and extra eval sets.
+    """A label space, a pretraining domain, fine-tuning tasks and extra eval sets.
+
+    ``pretrain_classes``: the pretraining domain's own classes where they differ from the
+    tasks' ``classes`` (CLIP, ImageNet-21k, another problem); the pretraining domain's labels,
+    those of its corrupted copies and of ``aux`` then index ``pretrain_classes``. None: one
+    label space. ``class_map``: for each task class, the index of the same class among
+    ``pretrain_classes`` where such a correspondence exists (as ImageNet-R/-A's 200 classes
+    are a subset of ImageNet's), else None.
 
     ``corruptions`` maps an eval-set name to ``(corruption, severity)`` for the
     corrupted copies of the pretraining test split, which feed corruption accuracy
@@ -265,10 +272,38 @@ class Suite:
     reference_errors: Mapping[str, tuple[float, ...]] | None = None
     version: str = "1"
     inputs_digest: str | None = None
+    pretrain_classes: tuple[str, ...] | None = None
+    class_map: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_map is not None:
+            if self.pretrain_classes is None:
+                raise DataError(f"suite {self.name!r}: a class_map needs the pretraining domain's own classes")
+            if len(self.class_map) != len(self.classes) or not all(
+                    0 <= int(j) < len(self.pretrain_classes) for j in self.class_map):
+                raise DataError(f"suite {self.name!r}: class_map must give, for each of the {len(self.classes)} task "
+                                f"classes, the index of a pretraining class (0..{len(self.pretrain_classes) - 1})")
+            if len(set(self.class_map)) != len(self.class_map):
+                raise DataError(f"suite {self.name!r}: class_map sends two task classes to one pretraining class")
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def separate_pretrain_labels(self) -> bool:
+        """Whether the pretraining domain has its own label space (``pretrain_classes``)."""
+        return self.pretrain_classes is not None and tuple(self.pretrain_classes) != tuple(self.classes)
+
+    @property
+    def pretrain_label_space(self) -> tuple[str, ...]:
+        """The classes the pretraining domain's labels index (``pretrain_classes`` or ``classes``)."""
+        return tuple(self.pretrain_classes) if self.pretrain_classes is not None else tuple(self.classes)
+
+    def pretrain_space_sets(self) -> set[str]:
+        """Eval sets labelled in the pretraining label space: the pretraining domain, its corrupted
+        copies and the aux domains."""
+        return {self.pretrain.name, *self.corruptions, *self.aux}
 
     def all_eval_sets(self) -> dict[str, Domain]:
         """Every set a model is evaluated on: pretraining test, tasks, extra sets."""
