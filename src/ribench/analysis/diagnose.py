@@ -17,8 +17,13 @@ so that no protocol summary reads them by mistake:
   kernels' distribution (``weightspace.filter_shift``); absent for models without one.
 - ``diag/layers``: the position of each compared layer (metric: layer name), so a
   report draws them in network order.
-- ``diag/summary``: ``task_vector_norm`` (||theta_adapted - theta_pretrained||),
-  ``task_vector_relative_norm`` (divided by ||theta_pretrained||), and per sample
+- ``diag/summary``: ``task_vector_norm`` (||theta_adapted - theta_pretrained||) and
+  ``task_vector_relative_norm`` (divided by ||theta_pretrained||), both over every entry,
+  the head's included; the same split into the backbone's entries and the head's
+  (``head.*``): ``task_vector_norm_backbone``, ``task_vector_relative_norm_backbone``
+  (||tau_backbone|| / ||theta0_backbone||), ``task_vector_norm_head``,
+  ``task_vector_relative_norm_head`` (||tau_head|| / ||theta0_head||), so that a new head
+  trained from scratch (lp, ncm) does not stand for a moved backbone; and per sample
   ``linear_cka_features/<sample>``, ``mutual_knn_features/<sample>``,
   ``loss_barrier/<sample>``, ``error_barrier/<sample>``; ``filter_kl`` and
   ``filter_ks`` as means over layers.
@@ -38,7 +43,7 @@ from ..core import rows as row_names
 from ..core.errors import DataError
 from ..core.types import Split
 from .similarity import default_layers, layer_features, similarities_from_grams
-from .weightspace import filter_shift, linear_path, task_vector, task_vector_cosines, task_vector_norm
+from .weightspace import filter_shift, is_head_entry, linear_path, task_vector, task_vector_cosines, task_vector_norms
 
 __all__ = ["diagnose", "task_vector_cosine_rows", "PREFIX"]
 
@@ -59,20 +64,26 @@ def _same_architecture(a: nn.Module, b: nn.Module) -> bool:
     return set(sa) == set(sb) and all(sa[k].shape == sb[k].shape for k in sa)
 
 
-def _weight_norm(model: nn.Module) -> float:
-    return float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.state_dict().values()
-                                if p.is_floating_point())))
+def _weight_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norms of the floating-point state-dict entries: ``total``, ``backbone``, ``head`` (``head.*``)."""
+    sq = {"backbone": 0.0, "head": 0.0}
+    for k, p in model.state_dict().items():
+        if p.is_floating_point():
+            sq["head" if is_head_entry(k) else "backbone"] += float((p.detach().double() ** 2).sum())
+    return {"total": (sq["backbone"] + sq["head"]) ** 0.5, **{k: v ** 0.5 for k, v in sq.items()}}
 
 
 def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Split],
              layers: Sequence[str] | None = None, barrier_points: int = 11, knn_k: int = 10,
-             batch_size: int = 256) -> dict[str, dict[str, float]]:
+             batch_size: int = 256, paths: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     """Store rows comparing ``adapted`` with ``pretrained`` (see the module docstring).
 
     ``samples``: named image samples (e.g. {"task": ..., "pretrain": ...}), at least 4
     images each (mutual k-NN uses k = min(``knn_k``, images - 1)). ``layers``: module names present in both models
     (None: every conv and linear layer, "features" before the head's). Models whose weights do not
-    line up (a prompt wrapper, a replaced head module) get the similarity rows only.
+    line up (a prompt wrapper, a replaced head module) get the similarity rows only. ``paths``: the
+    samples whose loss/error path is measured (None: every one; a sample labelled in another label
+    space than the models' heads has none).
     """
     names = _layers(pretrained, adapted, layers)
     rows: dict[str, dict[str, float]] = {row_names.DIAG_LAYERS: {n: float(i) for i, n in enumerate(names)}}
@@ -93,7 +104,7 @@ def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Sp
         last = "features" if "features" in names else names[-1]
         summary[f"linear_cka_{last}/{name}"] = rows[row_names.diag("linear_cka", name)][last]
         summary[f"mutual_knn_{last}/{name}"] = rows[row_names.diag("mutual_knn", name)][last]
-        if not same:
+        if not same or (paths is not None and name not in paths):
             continue
         path = linear_path(pretrained, adapted, split, barrier_points, batch_size)
         rows[row_names.diag("path", name)] = {
@@ -105,11 +116,12 @@ def diagnose(pretrained: nn.Module, adapted: nn.Module, samples: Mapping[str, Sp
     rows[row_names.DIAG_SUMMARY] = summary
     if not same:
         return rows
-    tv = task_vector(pretrained, adapted)
-    norm = task_vector_norm(tv)
-    summary["task_vector_norm"] = norm
-    base = _weight_norm(pretrained)
-    summary["task_vector_relative_norm"] = norm / base if base > 0 else float("nan")
+    norms = task_vector_norms(task_vector(pretrained, adapted))
+    bases = _weight_norms(pretrained)
+    for part, suffix in (("total", ""), ("backbone", "_backbone"), ("head", "_head")):
+        summary[f"task_vector_norm{suffix}"] = norms[part]
+        base = bases[part]
+        summary[f"task_vector_relative_norm{suffix}"] = norms[part] / base if base > 0 else float("nan")
     try:
         shift = filter_shift(pretrained, adapted)
     except DataError:  # no 3x3 convolution (mlp, vit): no filter rows

@@ -5,6 +5,10 @@ the shift of the distribution of 3x3 convolution filters.
   tau = theta_adapted - theta_pretrained, per state-dict entry (``task_vector``, defined
   with the methods that use it in ``ribench.methods.task_vectors``); its L2 norm says how
   far adaptation moved, cosines between task vectors how alike two adaptations are.
+  ``task_vector_norms`` splits the norm into the backbone's entries and the head's
+  (``head`` / ``head.*``, the linear classifier of ``ribench.models``): a method that
+  trains a new head from scratch (linear probe, NCM) moves the head far and the
+  backbone not at all, and the total says only the first.
 - Linear path (Frankle et al., ICML 2020, "Linear Mode Connectivity and the Lottery
   Ticket Hypothesis"; Neyshabur et al., NeurIPS 2020): loss and error of
   theta(alpha) = theta_a + alpha (theta_b - theta_a) for alpha in [0, 1]; the barrier
@@ -48,6 +52,7 @@ from ..methods.task_vectors import state_of, task_vector  # noqa: F401  (task_ve
 
 __all__ = [
     "LinearPath", "filter_shift", "linear_path", "task_vector", "task_vector_cosines", "task_vector_norm",
+    "task_vector_norms", "is_head_entry",
 ]
 
 
@@ -61,6 +66,23 @@ def _flat(tv: Mapping[str, torch.Tensor], keys: Sequence[str]) -> torch.Tensor:
 def task_vector_norm(tv: Mapping[str, torch.Tensor]) -> float:
     """L2 norm of a task vector (all its entries as one vector)."""
     return float(_flat(tv, sorted(tv)).norm())
+
+
+def is_head_entry(key: str, head: str = "head") -> bool:
+    """Whether state-dict entry ``key`` belongs to the module named ``head`` (``head`` itself or ``head.*``)."""
+    return key == head or key.startswith(head + ".")
+
+
+def task_vector_norms(tv: Mapping[str, torch.Tensor], head: str = "head") -> dict[str, float]:
+    """L2 norms of a task vector's parts: ``{"total", "backbone", "head"}``, where ``head`` holds
+    the entries of the module named ``head`` and ``backbone`` every other entry
+    (total**2 = backbone**2 + head**2; a part with no entry is 0)."""
+    parts = {"backbone": sorted(k for k in tv if not is_head_entry(k, head)),
+             "head": sorted(k for k in tv if is_head_entry(k, head))}
+    out = {"total": task_vector_norm(tv)}
+    for name, keys in parts.items():
+        out[name] = float(_flat(tv, keys).norm()) if keys else 0.0
+    return out
 
 
 def task_vector_cosines(tvs: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, torch.Tensor]]
