@@ -34,18 +34,21 @@ the ``val`` of the calls that pass none.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
-from dataclasses import dataclass, field
+import random
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError, TrainingError
 from ..core.runtime import (ComputeOptions, autocast, compiled, grad_scaler, pins_memory, resolve_compute,
                             wants_channels_last)
-from ..core import trainlog
+from ..core import resume, trainlog
 from ..core.trainlog import EpochRecord
 from ..core.types import Split, iter_batches
 from ..data.augment import AugmentConfig, augment
@@ -142,9 +145,12 @@ def train_classifier(
             return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        ckpt = resume.next_run()
+        saver = None if ckpt is None else _Saver(ckpt, model, params, opt, sched, generator, device,
+                                                 _fingerprint(model, params, data, cfg, total, opts.precision))
         with torch.enable_grad():
             last, epochs = _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss,
-                                 progress, opts, memory_format, val)
+                                 progress, opts, memory_format, val, saver)
         model.eval()
         _check_final(model, params, last, cfg, total, opts.precision)
         trainlog.add_run(epochs)
@@ -201,12 +207,15 @@ class _FiniteLoss:
 
 def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty, extra_loss, progress,
           opts: ComputeOptions = ComputeOptions(), memory_format: torch.memory_format | None = None,
-          val: Split | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[EpochRecord]]:
+          val: Split | None = None, saver: "_Saver | None" = None
+          ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list[EpochRecord]]:
     """Run ``total`` steps; return the last batch (float images after augmentation, labels) and
-    the epochs' records (mean loss, ``val`` accuracy)."""
+    the epochs' records (mean loss, ``val`` accuracy). ``saver``: checkpoints the loop and
+    resumes it from its checkpoint (module docstring)."""
     device = next(model.parameters()).device
-    forward = compiled(model, opts.compile)
     scaler = grad_scaler(opts.precision, device)
+    saved = saver.load(scaler) if saver is not None else None  # before compiling: weights loaded in place
+    forward = compiled(model, opts.compile)
     finite = _FiniteLoss(device, total)
     pin = pins_memory(device)
     model.train()
@@ -214,10 +223,22 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
     epoch = 0
     last = None
     records: list[EpochRecord] = []
+    if saved is not None:
+        step, epoch = int(saved["step"]), int(saved["epoch"])
+        records = [EpochRecord(**r) for r in saved["records"]]
     while step < total:
         loss_sum, epoch_steps = None, 0  # summed on the device: no extra synchronisation per step
-        for xb, yb in iter_batches(data, cfg.batch_size, shuffle=True, generator=generator,
-                                   workers=opts.loader_workers, pin_memory=pin):
+        if saved is not None:  # the epoch of the checkpoint: its order again, from its generator state
+            generator.set_state(saved["epoch_generator"])
+        epoch_start = generator.get_state() if saver is not None else None
+        batches = iter(iter_batches(data, cfg.batch_size, shuffle=True, generator=generator,
+                                    workers=opts.loader_workers, pin_memory=pin))
+        if saved is not None:
+            for _ in range(int(saved["epoch_steps"])):  # trained on before the checkpoint
+                next(batches)
+            loss_sum, epoch_steps = saver.restore_rng(saved)
+            saved = None
+        for xb, yb in batches:
             if step >= total:
                 break
             x = to_float_images(xb.to(device, non_blocking=True))
@@ -250,7 +271,12 @@ def _loop(model, data, cfg, opt, sched, total, generator, augmentation, penalty,
             last = (x, y)
             if step % 10 == 0 or step == total:
                 progress(step / total, f"loss {loss.item():.3f}")
-        if last is None:  # an empty split yields no batch: no epoch would ever make progress
+            if saver is not None:
+                if step < total and saver.ckpt.due(step):
+                    finite.check()  # a checkpoint holds finite steps only
+                    saver.save(scaler, step, epoch, epoch_start, loss_sum, epoch_steps, records)
+                saver.ckpt.stepped(step)
+        if last is None and not epoch_steps:  # an empty split yields no batch: no epoch would make progress
             raise TrainingError("nothing to train on: the training split is empty")
         if epoch_steps:
             finite.check()  # a non-finite loss is reported by step before any record of it
@@ -277,3 +303,84 @@ def _accuracy(model: Model, split: Split, batch_size: int, device: torch.device,
     finally:
         model.train(was_training)
     return int(correct) / n if n else float("nan")
+
+
+# --------------------------------------------------------------------------- checkpoints (core.resume)
+
+CHECKPOINT_FORMAT = 1
+
+
+def _saved_tensors(model: Model, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """The entries of the model's state dict a call can change: its trained parameters and every buffer."""
+    trained = {id(p) for p in params}
+    buffers = {id(b) for b in model.buffers()}
+    return {k: v for k, v in model.state_dict(keep_vars=True).items() if id(v) in trained or id(v) in buffers}
+
+
+def _fingerprint(model: Model, params: list[torch.nn.Parameter], data: Split, cfg: TrainConfig, total: int,
+                 precision: str) -> str:
+    """What a checkpoint must agree on to be resumed: the training's size and the tensors it changes."""
+    tensors = [[k, list(v.shape), str(v.dtype)] for k, v in _saved_tensors(model, params).items()]
+    return json.dumps({"format": CHECKPOINT_FORMAT, "total": total, "examples": len(data), "config": asdict(cfg),
+                       "precision": precision, "tensors": tensors}, sort_keys=True, default=str)
+
+
+class _Saver:
+    """Writes and reads the checkpoint of one ``train_classifier`` call (module docstring)."""
+
+    def __init__(self, ckpt: resume.RunCheckpoint, model: Model, params: list[torch.nn.Parameter],
+                 opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+                 device: torch.device, fingerprint: str):
+        self.ckpt, self.model, self.params, self.opt, self.sched = ckpt, model, params, opt, sched
+        self.generator, self.device, self.fingerprint = generator, device, fingerprint
+
+    def save(self, scaler, step: int, epoch: int, epoch_start: torch.Tensor, loss_sum: torch.Tensor | None,
+             epoch_steps: int, records: list[EpochRecord]) -> None:
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        state = {
+            "fingerprint": self.fingerprint,
+            "model": {k: v.detach().cpu() for k, v in _saved_tensors(self.model, self.params).items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
+            "step": step, "epoch": epoch, "epoch_steps": epoch_steps,
+            "loss_sum": None if loss_sum is None else loss_sum.detach().cpu(),
+            "records": [asdict(r) for r in records],
+            "epoch_generator": epoch_start, "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+            "numpy_rng": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        }
+        self.ckpt.save(state)
+
+    def load(self, scaler) -> dict | None:
+        """The checkpoint of this training, its weights, optimiser, schedule and scaler states put back
+        (the generators are put back by ``restore_rng`` once the epoch's batches are skipped); None
+        when there is none (or it is of another training: then it is overwritten)."""
+        state = self.ckpt.load()
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            return None
+        with torch.no_grad():
+            current = _saved_tensors(self.model, self.params)
+            for k, v in state["model"].items():
+                current[k].copy_(v)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        return state
+
+    def restore_rng(self, state: dict) -> tuple[torch.Tensor | None, int]:
+        """Put the generators back as they were at the checkpoint; return the epoch's (loss sum, steps)."""
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy_rng"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+        loss_sum = state["loss_sum"]
+        return (None if loss_sum is None else loss_sum.to(self.device)), int(state["epoch_steps"])
