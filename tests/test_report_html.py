@@ -146,7 +146,7 @@ def test_sections_without_data_are_left_out(runs):
         assert section in plain and section in rich
     assert 'id="failures"' not in rich  # no cell failed
     index = json.loads((base / "figures" / "index.json").read_text())
-    assert {f["section"] for f in index["figures"]} == {"inheritance", "radar", "corruptions", "inside"}
+    assert {f["section"] for f in index["figures"]} == {"inheritance", "radar", "corruptions", "inside", "training"}
 
 
 def test_markdown_links_the_png_figures(runs):
@@ -156,7 +156,7 @@ def test_markdown_links_the_png_figures(runs):
     index = json.loads((full / "figures" / "index.json").read_text())
     assert links == [f"figures/{f['file']}" for f in index["figures"]]
     assert {f["section"] for f in index["figures"]} == {"inheritance", "radar", "corruptions", "attacks", "predictors",
-                                                         "wise_ft", "inside"}
+                                                         "wise_ft", "inside", "training"}
     for link in links:
         assert (full / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "robust acc" in md and "| mlp | narrow | wise_ft |" in md and "| mlp | narrow | analysis |" not in md
@@ -411,7 +411,7 @@ def test_report_renders_in_chromium(runs, browser):
     index = json.loads((full / "figures" / "index.json").read_text())
     assert [p["id"] for p in plots] == [f"fig-{f['slug']}" for f in index["figures"]]
     assert {p["section"] for p in plots} == {"inheritance", "radar", "corruptions", "attacks", "predictors", "wise_ft",
-                                            "inside"}
+                                            "inside", "training"}
     for p in plots:
         assert p["w"] > 200 and p["h"] > 100 and p["drawn"] > 20, p
     # by layout: no two texts drawn in a figure (titles, labels, ticks, legends) overlap on the page

@@ -15,7 +15,9 @@ Row families (``core.rows``, docs/results.md):
 - method ``"wise_ft"``, eval_set ``curve(alpha)``: WiSE-FT curve points;
 - eval_set ``attack(name, eps[, task])`` and ``transfer(name, eps)``, metric ``robust_acc``;
 - eval_set ``DIAG_SUMMARY``, ``DIAG_LAYERS`` and ``diag(measure, sample)``: diagnostics;
-- task ``MERGED``: a model merged over every task.
+- task ``MERGED``: a model merged over every task;
+- eval_set ``train_epoch(epoch, run)``, metrics ``train_loss`` and ``val_acc``: training
+  curves of adapt cells and (method, task and seed null) of pretrain cells.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def method_order(rows: Iterable[dict[str, Any]]) -> list[str]:
     """Methods of model rows: ``pretrained`` first, then in order of first appearance."""
     seen: dict[str, None] = {}
     for r in rows:
-        if is_model_row(r):
+        if is_model_row(r) and r["method"] is not None:  # a pretrain cell's curve rows carry no method
             seen.setdefault(r["method"], None)
     found = list(seen)
     return sorted(found, key=lambda m: (m != PRETRAINED, found.index(m)))
@@ -259,6 +261,49 @@ def wise_ft_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[tup
         for t in per_t:
             per_t[t].sort()
     return out
+
+
+# --- training curves (adapt and pretrain cells) ------------------------------------------
+PRETRAINING = "pretraining"  # the line of a pretrain cell's curve (its method label is null)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """One epoch of a training curve: mean, lowest and highest value over the ``n`` (task,
+    seed) cells that trained that epoch."""
+
+    epoch: int
+    mean: float
+    lo: float
+    hi: float
+    n: int
+
+
+def training_curves(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, dict[str, list[CurvePoint]]]]:
+    """(backbone, recipe) -> metric (``train_loss``, ``val_acc``) -> line -> points by epoch.
+
+    A line is a method (its label), ``PRETRAINING`` for the pretrain cell, and for a cell's
+    later training runs (``run`` >= 1) the method followed by `` · run <run + 1>``. Each
+    point averages the (task, seed) cells of the line that trained that epoch. Empty for a
+    run without curve rows (made before they were stored)."""
+    vals: dict[tuple, list[float]] = defaultdict(list)
+    for r in _valued(rows):
+        parsed = names.parse_train_epoch(r["eval_set"]) if r["metric"] in (names.TRAIN_LOSS, names.VAL_ACC) else None
+        if parsed is None or r["method"] == ANALYSIS:
+            continue
+        run, epoch = parsed
+        line = PRETRAINING if r["method"] is None else str(r["method"])
+        if run:
+            line += f" · run {run + 1}"
+        vals[(r["backbone"], r["recipe"], r["metric"], line, epoch)].append(float(r["value"]))
+    out: dict[tuple, dict[str, dict[str, list[CurvePoint]]]] = defaultdict(lambda: defaultdict(dict))
+    for (b, rc, metric, line, epoch), v in vals.items():
+        out[(b, rc)][metric].setdefault(line, []).append(CurvePoint(epoch, float(np.mean(v)), min(v), max(v), len(v)))
+    for per_metric in out.values():
+        for per_line in per_metric.values():
+            for pts in per_line.values():
+                pts.sort(key=lambda p: p.epoch)
+    return {k: dict(v) for k, v in out.items()}
 
 
 # --- what changed inside the models (diagnose cells) ------------------------------------

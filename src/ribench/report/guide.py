@@ -53,6 +53,9 @@ GUIDE = {
               "barrier the loss bump (nats) on the straight line from m0 to the adapted weights (0 = one basin), "
               "filter KL the shift of the 3x3 filters' distribution. Mean ± standard deviation over tasks and seeds; "
               "per-layer numbers are the eval sets `diag/*` of `ribench results DIR`, docs/analysis.md defines each.",
+    "training": "How training went, epoch by epoch: the loss each training run optimised and, for adaptation, the "
+                "accuracy on the task's validation part after each epoch (top-1, unmasked). A validation accuracy "
+                "that peaks and falls marks overfitting; a loss still falling at the last epoch, training cut short.",
     "cost": "Where the run's time went: per kind of cell, how many finished and their wall-clock seconds, in total "
             "and (in brackets) per cell; then the same for each phase the cells measured (load: models read from "
             "disk; clean_eval and corruption_eval: the clean and the corrupted eval sets; attacks; masking_checks; "

@@ -16,6 +16,7 @@ when the run has no data for it:
    (``prediction.prediction_section``, as in report.md; when analysis rows exist);
 7. WiSE-FT curves (when curve rows exist);
 8. what changed inside the models: diagnostics per method and CKA by layer (diagnose rows);
+8b. training curves: loss and validation accuracy per epoch (when curve rows exist);
 9. merged models against the individually fine-tuned ones (normalised accuracy);
 10. failed cells; 11. cost: seconds per kind of cell and phase (``tables.cost_table``);
 12. spec, environment and cell counts, to reproduce the run.
@@ -237,7 +238,7 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
         by_section.setdefault(p.section, []).append(p)
     sections: list[tuple[str, str, str]] = [("summary", "Summary per method", summary_html(run))]
     tables = {"predictors": prediction_html, "inside": diagnostics_html}  # sections with tables, as in report.md
-    for sec in ("inheritance", "radar", "corruptions", "attacks", "predictors", "wise_ft", "inside"):
+    for sec in ("inheritance", "radar", "corruptions", "attacks", "predictors", "wise_ft", "inside", "training"):
         body = tables[sec](run) if sec in tables else ""
         if sec in by_section:
             body += _figures(by_section[sec])

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from . import aggregate as agg
 from .catalogue import method_label, predictor_title
 from .prediction import correlation_text
+from ..core.rows import TRAIN_LOSS, VAL_ACC
 from .rundata import FIGURE_INDEX, FIGURES_DIR, RunData, load_run, read_figure_index
 
 SECTIONS = {
@@ -37,6 +38,7 @@ SECTIONS = {
     "predictors": "Predicting the damage: ΔP and ΔR against dataset distance and transferability",
     "wise_ft": "WiSE-FT: ID against OOD accuracy over the mixing coefficient",
     "inside": "What changed inside the models",
+    "training": "Training curves",
 }
 STYLE = {
     "svg.fonttype": "none",  # text stays text in SVG: small, selectable, no glyph definitions
@@ -300,6 +302,73 @@ def similarity_figure(curves: dict[str, dict[str, list[tuple[int, str, float]]]]
     return fig
 
 
+def _loss_scale(ax, values: list[float]) -> None:
+    """A log y axis for losses spanning more than a factor of 30 (a curve from 2.3 to 0.01 stays readable)."""
+    pos = [v for v in values if v > 0 and math.isfinite(v)]
+    if pos and len(pos) == len(values) and max(pos) / min(pos) > 30:
+        ax.set_yscale("log")
+
+
+def training_figure(curves: dict[str, dict[str, list[agg.CurvePoint]]], colors: dict[str, str],
+                    methods: list[str], title: str) -> Figure | None:
+    """Training curves of one (backbone, recipe) (``aggregate.training_curves``): panels for the
+    pretraining loss, the adaptation loss and the validation accuracy (each when stored); one
+    line per method, the mean over its tasks and seeds, with a band from the lowest to the
+    highest (task, seed) value where there are several."""
+    loss, val = curves.get(TRAIN_LOSS, {}), curves.get(VAL_ACC, {})
+    panels = []  # (lines, ylabel, title, percent)
+    if agg.PRETRAINING in loss:
+        panels.append(({agg.PRETRAINING: loss[agg.PRETRAINING]}, "training loss", "pretraining (m0)", False))
+    adapt_loss = {k: v for k, v in loss.items() if k != agg.PRETRAINING}
+    if adapt_loss:
+        panels.append((adapt_loss, "training loss", "adaptation: training loss", False))
+    if val:
+        panels.append((val, "validation accuracy (%)", "adaptation: validation accuracy", True))
+    if not panels:
+        return None
+    fig = Figure(figsize=(3.3 * len(panels) + 1.8, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    order = {m: i for i, m in enumerate(methods)}
+
+    def base(line: str) -> str:
+        return line.split(" · run ")[0]
+
+    handles: dict[str, object] = {}
+    for ax, (lines, ylabel, panel_title, percent) in zip(axes, panels):
+        shown, epochs = [], set()
+        for line in sorted(lines, key=lambda n: (order.get(base(n), len(order)), n)):
+            pts = lines[line]
+            scale = 100.0 if percent else 1.0
+            xs = [p.epoch for p in pts]
+            color = "#000000" if line == agg.PRETRAINING else colors.get(base(line), "#444444")
+            style = {"linestyle": ":"} if " · run " in line else {}
+            (h,) = ax.plot(xs, [scale * p.mean for p in pts], marker="o", markersize=3, linewidth=1.4, color=color,
+                           label=line if line == agg.PRETRAINING else method_label(base(line)) + line[len(base(line)):],
+                           **style)
+            if any(p.n > 1 for p in pts):
+                lo, hi = [scale * p.lo for p in pts], [scale * p.hi for p in pts]
+                if len(xs) > 1:
+                    ax.fill_between(xs, lo, hi, color=color, alpha=0.12, linewidth=0)
+                else:  # one epoch: the band is a bar
+                    ax.vlines(xs, lo, hi, color=color, alpha=0.35, linewidth=3)
+            epochs.update(xs)
+            handles.setdefault(h.get_label(), h)
+            shown += [scale * v for p in pts for v in (p.lo, p.hi)]
+        if not percent:
+            _loss_scale(ax, shown)
+        ax.set_title(panel_title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        if len(epochs) <= 12:
+            ax.set_xticks(sorted(epochs))
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="outside right center", frameon=False)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 # --- per-method scatters --------------------------------------------------------------
 RECIPE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
 BACKBONE_MARKERS = RECIPE_MARKERS
@@ -439,9 +508,14 @@ CAPTIONS = {
     "inside": "Linear CKA between m0 and each adapted model at every layer (x, input to head), on the fine-tuning "
               "task's test images (left) and on pretraining test images (right), mean over tasks and seeds. A "
               "method that keeps the representation stays near 1.",
+    "training": "Per epoch (x): the mean training loss of the pretraining run of m0, the mean training loss of each "
+                "method's adaptation runs and their accuracy (%) on the task's validation part. One line per method, "
+                "the mean over its fine-tuning tasks and seeds; the band spans the lowest to the highest (task, seed) "
+                "value. Closed-form and training-free methods have no curve.",
 }
 TITLES = {"inheritance": "Inheritance matrices", "radar": "Accuracy per eval set",
-          "corruptions": "Corruption breakdown", "attacks": "Robust accuracy", "wise_ft": "WiSE-FT curves", "inside": "Layer-by-layer similarity with m0"}
+          "corruptions": "Corruption breakdown", "attacks": "Robust accuracy", "wise_ft": "WiSE-FT curves", "inside": "Layer-by-layer similarity with m0",
+          "training": "Training curves"}
 
 
 def _integer_x(fig: Figure | None) -> Figure | None:
@@ -496,10 +570,14 @@ def build_plots(run: RunData) -> list[Plot]:
                                   f"x: {name} of the fine-tuning task. {summary}.", fig))
         wise = agg.wise_ft_curves(run.rows)
         sim = agg.similarity_by_layer(run.rows)
+        train = agg.training_curves(run.rows)
         for section, figs in (("wise_ft", {k: wise_ft_figure(run, *k, wise[k]) for k in sorted(wise)}),
                               ("inside", {k: similarity_figure(sim[k], colors, methods,
                                                                f"{k[0]} / {k[1]}: representation similarity with m0")
-                                          for k in sorted(sim)})):
+                                          for k in sorted(sim)}),
+                              ("training", {k: training_figure(train[k], colors, methods,
+                                                               f"{k[0]} / {k[1]}: training curves")
+                                            for k in sorted(train, key=lambda k: (str(k[0]), str(k[1])))})):
             for (b, rc), fig in figs.items():
                 if fig is not None:
                     plots.append(Plot(_slug(section, b, rc), section,

@@ -1,0 +1,104 @@
+"""Training curves, Wilson intervals and the header of the reports, on a tiny real run.
+
+The run (``tiny`` suite, ft trained by the loop, lp in closed form, two tasks, one seed)
+stores the training-curve rows of its pretrain and adapt cells and a Wilson interval with
+every accuracy. The expected numbers are read from the SQLite store directly and computed
+here by hand, not through the report's own aggregation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import sqlite3
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from ribench.engine import parse_spec, run
+from ribench.report import write_reports
+from ribench.report.plots import build_plots
+from ribench.report.rundata import load_run
+
+SPEC = {"name": "tiny-curves", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"],
+        "methods": [{"name": "ft", "params": {"epochs": 2}}, "lp"], "seeds": [0], "device": "cpu",
+        "pretrain": {"epochs": 2}, "eval": {"val_fraction": 0.2, "pretrain_sample": 50},
+        "analysis": {"enabled": False}, "diagnostics": {"enabled": False}}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("training") / "run"
+    assert run(parse_spec(SPEC), out, quiet=True).ok
+    write_reports(out)
+    return out
+
+
+def _sql(out, query, args=()):
+    con = sqlite3.connect(out / "results.sqlite")
+    try:
+        return con.execute(query, args).fetchall()
+    finally:
+        con.close()
+
+
+def _section(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">.*?</section>', html, re.S)
+    return m.group(0) if m else ""
+
+
+# --- training curves --------------------------------------------------------------------
+def test_training_curves_figure_shows_the_stored_rows(tiny_run):
+    rows = _sql(tiny_run, "SELECT m.method, m.eval_set, m.metric, m.value FROM metrics m JOIN cells c ON c.key = m.cell "
+                          "WHERE c.status = 'done' AND m.eval_set LIKE 'train/%'")
+    assert rows
+    expected = defaultdict(list)  # (line, metric) -> epoch -> values
+    for method, eval_set, metric, value in rows:
+        epoch = int(eval_set.split("epoch=")[1])
+        expected[(method or "pretraining", metric, epoch)].append(value)
+    assert {k[:2] for k in expected} == {("pretraining", "train_loss"), ("ft", "train_loss"), ("ft", "val_acc")}
+    assert len(expected[("ft", "train_loss", 1)]) == 2  # two tasks averaged into the ft line
+
+    html = (tiny_run / "report.html").read_text()
+    assert 'id="fig-training-mlp-narrow"' in _section(html, "training")
+    assert '<a href="#training">' in html
+    md = (tiny_run / "report.md").read_text()
+    assert "![Training curves: mlp / narrow](figures/training-mlp-narrow.png)" in md
+    assert (tiny_run / "figures" / "training-mlp-narrow.png").read_bytes()[:4] == b"\x89PNG"
+
+    (plot,) = [p for p in build_plots(load_run(tiny_run)) if p.section == "training"]
+    panels = {ax.get_title(): ax for ax in plot.figure.axes}
+    checks = {"pretraining (m0)": ("pretraining", "train_loss", 1.0), "adaptation: training loss": ("ft", "train_loss", 1.0),
+              "adaptation: validation accuracy": ("ft", "val_acc", 100.0)}
+    assert set(panels) == set(checks)
+    for title, (line, metric, scale) in checks.items():
+        (drawn,) = panels[title].get_lines()
+        assert drawn.get_label() == line
+        epochs = sorted(e for (ln, mt, e) in expected if (ln, mt) == (line, metric))
+        assert list(drawn.get_xdata()) == epochs == [1, 2]
+        want = [scale * sum(expected[(line, metric, e)]) / len(expected[(line, metric, e)]) for e in epochs]
+        np.testing.assert_allclose(drawn.get_ydata(), want, rtol=1e-12)
+    # the band of the ft lines spans the two tasks' values
+    band = panels["adaptation: training loss"].collections[0].get_paths()[0].vertices[:, 1]
+    lo = min(min(expected[("ft", "train_loss", e)]) for e in (1, 2))
+    hi = max(max(expected[("ft", "train_loss", e)]) for e in (1, 2))
+    assert band.min() == pytest.approx(lo, rel=1e-12) and band.max() == pytest.approx(hi, rel=1e-12)
+
+
+def test_a_run_without_curve_rows_reports_as_before(tiny_run, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    con = sqlite3.connect(old / "results.sqlite")
+    con.execute("DELETE FROM metrics WHERE eval_set LIKE 'train/%'")
+    con.commit()
+    con.close()
+    html_path, md_path, _ = write_reports(old)
+    html, md = html_path.read_text(), md_path.read_text()
+    assert 'id="training"' not in html and "fig-training" not in html and "training-" not in md
+    assert not (old / "figures" / "training-mlp-narrow.png").exists()
+    # everything else is the same page: the new run's report without its training section
+    new = (tiny_run / "report.html").read_text()
+    new = new.replace(_section(new, "training"), "").replace('<li><a href="#training">Training curves</a></li>', "")
+    assert html == new
