@@ -37,6 +37,7 @@ from ..analysis import diagnose, task_vector_cosine_rows
 from ..analysis.cellmetrics import seeded_sample, task_predictors
 from ..core.errors import CheckpointError, RibenchError
 from ..core.registry import METHODS
+from ..core import rows as row_names
 from ..core.rows import SUMMARY
 from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
 from ..core import trainlog
@@ -47,11 +48,12 @@ from ..evaluate import evaluate, summarize
 from ..evaluate.attacks import add_robust_deltas, attack_rows, robust_summary
 from ..methods.base import AdaptContext, Ingredient, compute_features
 from ..models import external
-from ..models.base import Model
+from ..methods.heads import task_start_model
+from ..models.base import Model, PretrainHeadView
 from ..models.checkpoint import load_model, save_model
 from ..models.pretrain import PretrainConfig, pretrain_backbone
 from .artifacts import ArtifactStore
-from .logging import training_rows, write_tensorboard
+from .logging import training_rows, write_loggers
 from .plan import Cell, corruption_set, outside_backbones
 from .spec import RunSpec
 
@@ -88,6 +90,7 @@ class Workspace:
     max_cached_models: int = 8
     _models: OrderedDict[str, Model] = field(default_factory=OrderedDict)
     _corrupted: dict[str, tuple] = field(default_factory=dict)
+    _task_space: dict[tuple, Model] = field(default_factory=dict)
 
     def run_cell(self, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
         """Run ``cell`` with the spec's thread count, the same on every runner (its numbers depend
@@ -126,10 +129,18 @@ class Workspace:
         set-up), from the moments ``evaluate`` reports each set done; inside an open phase
         (``extra_models``) it all goes to that phase."""
         clock = current_clock()
+        groups = self.eval_groups(model)
+        total = sum(len(sets) for _, sets in groups)
 
         def run(report: Progress) -> Metrics:
-            return evaluate(model, self.suite.all_eval_sets(), self.spec.eval.batch_size, report,
-                            max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed)
+            out: Metrics = {}
+            for m, sets in groups:
+                done = len(out)
+                part = None if report is None else (
+                    lambda f, name, done=done, n=len(sets): report((done + f * n) / total, name))
+                out.update(evaluate(m, sets, self.spec.eval.batch_size, part,
+                                    max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed))
+            return out
 
         if clock is None or clock.active is not None:
             return run(progress)
@@ -146,12 +157,65 @@ class Workspace:
         finally:
             clock.add("clean_eval", time.perf_counter() - last[0])
 
+    def eval_groups(self, model: Model) -> list[tuple[torch.nn.Module, dict[str, Domain]]]:
+        """Which module evaluates which eval sets: ``model`` on all of them, where the suite has one
+        label space. Where its pretraining domain has its own classes, the sets of the pretraining
+        label space (``Suite.pretrain_space_sets``) go through the model's kept pretraining head
+        (``PretrainHeadView``), or through m0's own head for m0; the tasks' sets through ``model``
+        (none for m0 itself: its task-space rows come from ``reference_model``)."""
+        sets = self.suite.all_eval_sets()
+        if not self.suite.separate_pretrain_labels:
+            return [(model, sets)]
+        p_names = self.suite.pretrain_space_sets()
+        p_sets = {n: d for n, d in sets.items() if n in p_names}
+        t_sets = {n: d for n, d in sets.items() if n not in p_names}
+        if not model.has_pretrain_head:  # m0 itself: its head is the pretraining head
+            return [(model, p_sets)]
+        return [(PretrainHeadView(model), p_sets), (model, t_sets)]
+
+    def task_space_sets(self) -> dict[str, Domain]:
+        """The eval sets of the tasks' label space (every set, where the suite has one label space)."""
+        p_names = self.suite.pretrain_space_sets() if self.suite.separate_pretrain_labels else set()
+        return {n: d for n, d in self.suite.all_eval_sets().items() if n not in p_names}
+
+    def start_model(self, m0_key: str) -> Model:
+        """The model methods start from: m0, or, where the suite's pretraining domain has its own
+        classes, ``methods.heads.task_start_model(m0)`` (m0's head kept as the pretraining head,
+        a task head mapped by the class map or seeded)."""
+        m0 = self.model(m0_key)
+        if not self.suite.separate_pretrain_labels:
+            return m0
+        if (m0_key, None) not in self._task_space:
+            start = task_start_model(m0, self.suite, derive_seed("task-head", self.spec.data_seed))
+            self._task_space[(m0_key, None)] = start.to(self.device).eval()
+        return self._task_space[(m0_key, None)]
+
+    def reference_model(self, m0_key: str, task: str) -> tuple[Model, str]:
+        """(the model that stands for m0 on the tasks' label space for the models adapted on
+        ``task``, a key naming it): m0 (one label space); the start model (a class map: m0's own
+        head rows); else the linear probe of m0 fitted on ``task`` (method ``lp`` with its
+        defaults and seed 0, the model of an ``lp`` cell of seed 0)."""
+        start = self.start_model(m0_key)
+        if not self.suite.separate_pretrain_labels:
+            return start, m0_key
+        if self.suite.class_map is not None:
+            return start, f"{m0_key}|task-start"
+        if (m0_key, task) not in self._task_space:
+            train, val = self.split(task)
+            ctx = AdaptContext(train=train, val=val, pretrain_sample=self.pretrain_sample(0),
+                               seed=derive_seed("adapt", 0, "lp", task), device=self.device,
+                               num_classes=self.suite.num_classes, features=self.feature_fn(m0_key, start, task))
+            with phase("reference"):
+                probe = METHODS.create("lp").adapt(start, self.suite.tasks[task], ctx)
+            self._task_space[(m0_key, task)] = probe.to(self.device).eval()
+        return self._task_space[(m0_key, task)], f"{m0_key}|probe|{task}"
+
     def training_curves(self, cell: Cell, log: trainlog.TrainingLog) -> Metrics:
-        """The rows of the training runs in ``log`` (engine/logging.py), also written as TensorBoard
-        events under ``<out>/tensorboard/<cell key>`` when the spec's ``[logging] tensorboard`` asks."""
-        if self.spec.logging.tensorboard and log.runs:
+        """The rows of the training runs in ``log`` (engine/logging.py), also written to the loggers
+        the spec's ``[logging]`` turns on (TensorBoard, MLflow) under the run folder."""
+        if log.runs:
             with phase("save"):
-                write_tensorboard(self.artifacts.root.parent / "tensorboard" / cell.key, log)
+                write_loggers(self.spec.logging, self.artifacts.root.parent, cell, log)
         return training_rows(log)
 
     def with_corruptions(self, keys: tuple[str, ...]) -> "Workspace":
@@ -203,15 +267,40 @@ class Workspace:
         return features
 
     def attacked(self, model: Model, task: str, attacks: list[dict], info: dict[str, Any],
-                 source: Model | None = None, per_task: bool = False) -> Metrics:
+                 source: Model | None = None, per_task: bool = False, source_key: str | None = None) -> Metrics:
         """Attack rows of ``model`` on ``task`` (evaluate.attacks.attack_rows); its gradient-masking
-        warnings are added to ``info["masking_warnings"]``."""
+        warnings are added to ``info["masking_warnings"]``. ``source_key``: the cell key of the
+        model transfer examples are crafted on (``source``, or ``model`` itself when None); they
+        are kept as artifacts (``TransferCache``) and crafted once."""
         with phase("attacks"):
             report = attack_rows(model, self.suite.tasks[task], attacks, self.spec.data_seed,
-                                 task=task if per_task else None, source=source)
+                                 task=task if per_task else None, source=source,
+                                 cache=TransferCache(self.artifacts), source_key=source_key)
         if report.checked:
             info.setdefault("masking_warnings", []).extend(report.warnings)
         return report.rows
+
+
+@dataclass
+class TransferCache:
+    """Transfer examples (evaluate.attacks.ExampleCache) kept in the run's artifact store, by
+    ``transfer_key``: written atomically and sealed by the store; read only after their SHA-256
+    matches the seal and safetensors loads them, else discarded (and crafted again)."""
+
+    artifacts: ArtifactStore
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        if self.artifacts.check(key) is not None:
+            return None
+        try:
+            with phase("load"):
+                return self.artifacts.load(key)
+        except CheckpointError:
+            self.artifacts.discard(key)
+            return None
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        self.artifacts.save(key, tensors, {"kind": "transfer-examples"})
 
 
 Runner = Callable[[Workspace, Cell, Deps, Progress], CellResult]
@@ -242,7 +331,8 @@ def _load_given(ws: Workspace, cell: Cell) -> CellResult:
     seed_everything(derive_seed("init", c.get("seed", 0), c["backbone"], c["recipe"]))
     t0 = time.perf_counter()
     with phase("load"):
-        model = external.build(entry, ws.suite.num_classes, ws.spec.trust_checkpoint, ws.suite.classes).to(ws.device)
+        classes = ws.suite.pretrain_label_space  # an outside model's head is over its pretraining classes
+        model = external.build(entry, len(classes), ws.spec.trust_checkpoint, classes).to(ws.device)
     info = {"load_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}
     ws.save(cell.key, model)
     return CellResult(info=info)
@@ -265,17 +355,65 @@ def run_corrupt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Ce
 def run_eval_pretrained(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
     """m0 on every eval set, and attacked on every task: the reference of each adapted model."""
     ws = ws.with_corruptions(cell.inputs_of("corruptions"))
-    model = ws.model(cell.input("model"))
+    m0_key = cell.input("model")
+    model = ws.model(m0_key)
     per_set = ws.evaluate_all(model, progress)
+    per_set.update(reference_rows(ws, m0_key))
     acc = accuracies(per_set)
     summary = summarize(None, acc, acc, ws.suite)
+    if ws.suite.separate_pretrain_labels and ws.suite.class_map is None:  # R: the mean of the tasks' references
+        refs = [summarize(t, r, r, ws.suite).get("R") for t in ws.suite.tasks for r in [reference_acc(per_set, t, ws.suite)]]
+        if all(r is not None for r in refs):
+            summary["R"] = sum(refs) / len(refs)
     info: dict[str, Any] = {}
     attacked: Metrics = {}
     if cell.config["attacks"]:
         for task in ws.suite.tasks:
-            attacked.update(ws.attacked(model, task, cell.config["attacks"], info, per_task=True))
+            ref, ref_key = ws.reference_model(m0_key, task)
+            attacked.update(ws.attacked(ref, task, cell.config["attacks"], info, per_task=True, source_key=ref_key))
     summary.update(robust_summary(attacked))
     return CellResult(metrics={**per_set, **attacked, SUMMARY: summary}, info=info)
+
+
+def reference_rows(ws: Workspace, m0_key: str) -> Metrics:
+    """m0's rows on the tasks' label space where the suite's pretraining domain has its own
+    classes: the start model's (a class map) under the sets' names, else each task's linear
+    probe's as ``probe/<task>/<set>`` rows (``Workspace.reference_model``). None otherwise."""
+    if not ws.suite.separate_pretrain_labels:
+        return {}
+    sets = ws.task_space_sets()
+    if ws.suite.class_map is not None:
+        return evaluate(ws.start_model(m0_key), sets, ws.spec.eval.batch_size,
+                        max_per_set=ws.spec.eval.max_per_set, subset_seed=ws.spec.data_seed)
+    out: Metrics = {}
+    for task in ws.suite.tasks:
+        probe, _ = ws.reference_model(m0_key, task)
+        found = evaluate(probe, sets, ws.spec.eval.batch_size, max_per_set=ws.spec.eval.max_per_set,
+                         subset_seed=ws.spec.data_seed)
+        out.update({row_names.probe(task, name): m for name, m in found.items()})
+    return out
+
+
+def reference_acc(baseline: Metrics, task: str, suite: Suite) -> dict[str, float]:
+    """m0's accuracies that the models adapted on ``task`` are compared with: its own rows, and on
+    the tasks' label space of a suite without a class map, those of its probe on ``task`` (for a
+    model merged over tasks, per set e the mean over the probes of the other tasks)."""
+    acc = accuracies(baseline)
+    if not (suite.separate_pretrain_labels and suite.class_map is None):
+        return acc
+    probes: dict[str, dict[str, float]] = {}
+    for name, m in baseline.items():
+        parsed = row_names.parse_probe(name)
+        if parsed is not None and "accuracy" in m:
+            probes.setdefault(parsed[1], {})[parsed[0]] = m["accuracy"]
+    for e, by_task in probes.items():
+        if task in by_task:
+            acc[e] = by_task[task]
+        else:
+            others = [v for t, v in by_task.items() if t != e]
+            if others:
+                acc[e] = sum(others) / len(others)
+    return acc
 
 
 def run_adapt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> CellResult:
@@ -283,7 +421,7 @@ def run_adapt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Cell
     c = cell.config
     method = METHODS.create(c["method"], **c["params"])
     pretrained_key = cell.input("pretrained")
-    pretrained = ws.model(pretrained_key)
+    pretrained = ws.start_model(pretrained_key)
     if c.get("combines"):  # models over seeds or tasks, keyed by Ingredient (plan.combined_cells)
         inputs: dict = {Ingredient(*ing): ws.model(k) for ing, k in zip(c["ingredients"], cell.inputs_of("ingredients"))}
         splits = {t: ws.split(t) for t in dict.fromkeys(ing[1] for ing in c["ingredients"])}
@@ -314,8 +452,8 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     per_set = ws.evaluate_all(model, progress)
     acc = accuracies(per_set)
     baseline = deps[cell.input("pretrained_eval")].metrics
-    ref = accuracies(baseline)
     task = cell.labels["task"]
+    ref = reference_acc(baseline, task, ws.suite)
     merged = task not in ws.suite.tasks  # a model merged over tasks: no ID task
     summary = summarize(None if merged else task, acc, ref, ws.suite)
     if not merged:
@@ -325,7 +463,11 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
         extra.update(merged_rows(cell, acc, deps, summary))
     info: dict[str, Any] = {}
     attacks = cell.config["attacks"]
-    attacked = ws.attacked(model, task, attacks, info, source=ws.model(cell.input("pretrained"))) if attacks else {}
+    if attacks:
+        source, source_key = ws.reference_model(cell.input("pretrained"), task)
+        attacked = ws.attacked(model, task, attacks, info, source=source, source_key=source_key)
+    else:
+        attacked = {}
     summary.update(robust_summary(attacked))
     add_robust_deltas(attacked, baseline, task)  # change from the pretrained model on the same images
     per_set.update(attacked)
@@ -346,7 +488,7 @@ def curve_rows(ws: Workspace, cell: Cell, model: Model, ref: dict[str, float], p
     inputs = {n: ws.model(k) for n, k in zip(ex["inputs"], cell.inputs_of("extra"))}
     out = {}
     with phase("extra_models"):
-        for label, m in method.extra_models(ws.model(cell.input("pretrained")), model, inputs).items():
+        for label, m in method.extra_models(ws.start_model(cell.input("pretrained")), model, inputs).items():
             a = accuracies(ws.evaluate_all(m.to(ws.device), progress))
             s = summarize(task if task in ws.suite.tasks else None, a, ref, ws.suite)
             out[label] = {k: s[k] for k in ("id_acc", "R", "P_acc") if k in s}
@@ -382,7 +524,7 @@ def run_diagnose(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     """What changed inside one adapted model (scope ``model``), or the cosines between the task
     vectors of one method's models on several tasks (scope ``tasks``)."""
     c = cell.config
-    pretrained = ws.model(cell.input("pretrained"))
+    pretrained = ws.start_model(cell.input("pretrained"))
     if c["scope"] == "tasks":
         adapted = {t: ws.model(k) for t, k in zip(c["tasks"], cell.inputs_of("models"))}
         with phase("diagnostics"):
@@ -397,8 +539,9 @@ def run_diagnose(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     layers = None if d["layers"] == "default" else d["layers"]
     adapted = ws.model(cell.input("model"))
     with phase("diagnostics"):
-        rows = diagnose(pretrained, adapted, samples, layers=layers,
-                        barrier_points=d["barrier_points"], knn_k=d["knn_k"], batch_size=ws.spec.eval.batch_size)
+        paths = [n for n in samples if n != "pretrain"] if ws.suite.separate_pretrain_labels else None
+        rows = diagnose(pretrained, adapted, samples, layers=layers, barrier_points=d["barrier_points"],
+                        knn_k=d["knn_k"], batch_size=ws.spec.eval.batch_size, paths=paths)
     return CellResult(metrics=rows)
 
 

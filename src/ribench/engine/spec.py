@@ -23,6 +23,7 @@ Example (the ``quick`` preset)::
 
     [logging]
     tensorboard = false                # true: training curves also as TensorBoard events
+    mlflow = false                     # true: ... and as MLflow runs in <out>/mlruns (offline)
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ class LoggingSpec(_Strict):
     tensorboard: bool = Field(False, description="also write each adapt and pretrain cell's training curve as "
                               "TensorBoard events under <out>/tensorboard/<cell key> (needs `pip install "
                               "tensorboard`)")
+    mlflow: bool = Field(False, description="also log each adapt and pretrain cell as one MLflow run (named by its "
+                         "cell key; params: its labels and hyperparameters; metrics: its curve, step = epoch) in "
+                         "the offline file store <out>/mlruns (needs `pip install mlflow-skinny`)")
 
 
 RUN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -304,6 +308,10 @@ def parse_spec(data: dict[str, Any], source: str = "spec", base_dir: str | Path 
         from .logging import check_tensorboard
 
         check_tensorboard()
+    if check_packages and spec.logging.mlflow:
+        from .logging import check_mlflow
+
+        check_mlflow()
     return spec
 
 
