@@ -331,13 +331,32 @@ def _cmd_leaderboard(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_data_show(a: argparse.Namespace) -> int:
+def _show_suite(name: str, data_seed: int | None):
+    """The suite ``data show`` names: a registered suite, a user suite's TOML file (its
+    ``[suite]`` table) or a run spec (the suite it runs: ``suite_file`` or ``suite``)."""
+    import tomllib
+
     from .data import build_suite
+
+    path = Path(name).expanduser()
+    if not path.is_file():
+        return build_suite(name, seed=data_seed or 0)
+    if path.suffix == ".toml" and isinstance(tomllib.loads(path.read_text()).get("suite"), dict):
+        return build_suite(name, seed=data_seed or 0, suite_file=str(path))
+    from .engine.execute import build_run_suite
+    from .engine.spec import load_spec
+
+    spec = load_spec(path)
+    return build_run_suite(spec if data_seed is None else spec.model_copy(update={"data_seed": data_seed}))
+
+
+def _cmd_data_show(a: argparse.Namespace) -> int:
     from .data.show import save_domain_grid
 
-    suite = build_suite(a.suite, seed=a.data_seed)
+    suite = _show_suite(a.suite, a.data_seed)
     print(f"{suite.name} version {suite.version}" + (f", inputs {suite.inputs_digest}" if suite.inputs_digest else ""))
-    out = save_domain_grid(suite, a.out or f"{a.suite}-samples.png", per_domain=a.per_domain, seed=a.data_seed)
+    stem = suite.name if Path(a.suite).expanduser().is_file() else a.suite
+    out = save_domain_grid(suite, a.out or f"{stem}-samples.png", per_domain=a.per_domain, seed=a.data_seed or 0)
     print(f"wrote {out}")
     return 0
 
@@ -486,10 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="inspect built-in data; download and verify datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     show = dsub.add_parser("show", help="write a PNG grid of samples of every domain of a suite")
-    show.add_argument("suite")
+    show.add_argument("suite", help="a registered suite, a user suite's TOML file or a run spec")
     show.add_argument("--out", help="PNG path (default: <suite>-samples.png)")
     show.add_argument("--per-domain", type=int, default=10)
-    show.add_argument("--data-seed", type=int, default=0)
+    show.add_argument("--data-seed", type=int, help="seed that builds the suite (default: the run spec's, else 0)")
     show.set_defaults(fn=_cmd_data_show)
     sc = dsub.add_parser("show-corruptions", help="write a PNG grid (corruption x severity) of a domain's test images")
     sc.add_argument("domain", help="'pretrain' or a domain of the suite (e.g. mnist, fonts, mnistm)")

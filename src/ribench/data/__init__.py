@@ -30,7 +30,7 @@ def build_suite(name: str, seed: int = 0, cache_dir: str | None = None, data_roo
         from .suites import load_suite_table, user_suite
 
         table = {**load_suite_table(suite_file), **(options or {})}
-        return user_suite(table, Path(suite_file).expanduser().resolve().parent, seed=seed)
+        return user_suite(table, Path(suite_file).expanduser().resolve().parent, seed=seed, data_root=data_root)
     kwargs = dict(options or {})
     if data_root is not None:
         kwargs["data_root"] = data_root

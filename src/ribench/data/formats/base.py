@@ -46,8 +46,9 @@ def convert_channels(images: torch.Tensor, channels: int, source: PathLike) -> t
     raise DataError(f"{source}: images have {c} channels; expected 1 (gray), 3 (RGB) or 4 (RGBA)")
 
 
-def array_to_images(x: np.ndarray, channels: int, source: PathLike, layout: str = "auto") -> torch.Tensor:
-    """A uint8 array of images -> uint8 tensor [N, channels, H, W].
+def array_to_images(x: np.ndarray, channels: int | None, source: PathLike, layout: str = "auto") -> torch.Tensor:
+    """A uint8 array of images -> uint8 tensor [N, channels, H, W] (``channels`` None: the
+    array's own, 1 or 3, an alpha channel dropped).
 
     ``layout``: ``"NHWC"``, ``"NCHW"``, ``"NHW"`` or ``"auto"`` (3-d is NHW; 4-d is NCHW
     when dim 1 is 1, 3 or 4 and the last dim is not, else NHWC).
@@ -62,7 +63,20 @@ def array_to_images(x: np.ndarray, channels: int, source: PathLike, layout: str 
     x = np.ascontiguousarray(x)
     t = torch.from_numpy(x if x.flags.writeable else x.copy())
     t = t.unsqueeze(1) if layout == "NHW" else (t.permute(0, 3, 1, 2) if layout == "NHWC" else t)
+    if channels is None:
+        channels = 1 if t.shape[1] == 1 else 3
     return convert_channels(t, check_channels(channels), source)
+
+
+def names_to_labels(y: np.ndarray, classes: Sequence[str], source: PathLike) -> torch.Tensor:
+    """Class names (a 1-d string array) -> int64 [N] indices into ``classes``; a name not in
+    ``classes`` raises naming the file, the name and the class list."""
+    index = {c: i for i, c in enumerate(classes)}
+    names = [v.decode() if isinstance(v, bytes) else str(v) for v in np.asarray(y).tolist()]
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise DataError(f"{source}: label names {unknown[:5]} are not in the class list {list(classes)}")
+    return torch.tensor([index[n] for n in names], dtype=torch.int64)
 
 
 def to_labels(y: np.ndarray | Sequence[int], source: PathLike, num_classes: int | None = None) -> torch.Tensor:
