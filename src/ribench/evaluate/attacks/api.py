@@ -4,6 +4,10 @@ Both run on a fixed, seeded subset of the given eval set (``attack_subset``): th
 images for every model given the same seed and set size, so numbers of models adapted
 from one pretrained model are paired. Attacks draw their random numbers from a CPU
 generator seeded by ``(attack, seed)``: same spec and seed, same numbers.
+
+``precision`` (every entry point; None: the current compute options, core/runtime.py) runs
+the model's forward passes under ``autocast``: bf16/fp16 matmuls, while the images, the
+perturbation, its projection and the input gradient stay float32. fp32 runs no autocast.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ...core.errors import ConfigError, DataError, RibenchError, UnknownNameError
-from ...core.runtime import derive_seed
+from ...core.runtime import autocast, derive_seed, resolve_compute
 from .autoattack import LABEL as AUTOATTACK_LABEL
 from .autoattack import autoattack, autoattack_available
 from .blackbox import sparse_rs, square_linf
@@ -209,8 +213,8 @@ def _check_threat_model(spec: AttackSpec, name: str, x: torch.Tensor, x_adv: tor
 
 
 def _craft(model: Classifier, images: torch.Tensor, labels: torch.Tensor, attack: str, spec: AttackSpec, eps: float,
-           kwargs: dict[str, Any], class_subset: tuple[int, ...] | None, seed: int, batch_size: int
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+           kwargs: dict[str, Any], class_subset: tuple[int, ...] | None, seed: int, batch_size: int,
+           precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Attack ``model`` batch by batch: (clean-correct bool [n], adversarial-correct bool [n],
     adversarial images float [n, C, H, W] on the CPU, queries int64 [n] or None)."""
     device = model_device(model, images.device)
@@ -221,10 +225,11 @@ def _craft(model: Classifier, images: torch.Tensor, labels: torch.Tensor, attack
     for start in range(0, len(labels), batch_size):
         xb = _to_float(images[start:start + batch_size], device)
         yb = labels[start:start + batch_size].to(device)
-        out = spec.fn(model, xb, yb, class_subset=class_subset, **kwargs, **extra)
+        with autocast(precision, device):
+            out = spec.fn(model, xb, yb, class_subset=class_subset, **kwargs, **extra)
         x_adv, q = out if spec.blackbox else (out, None)
         _check_threat_model(spec, attack, xb, x_adv, eps)
-        with torch.no_grad():
+        with torch.no_grad(), autocast(precision, device):
             clean.append((logits_of(model, xb, class_subset).argmax(1) == yb).cpu())
             adv_ok.append((logits_of(model, x_adv, class_subset).argmax(1) == yb).cpu())
         advs.append(x_adv.detach().cpu())
@@ -241,12 +246,13 @@ def _budget_batch(batch_size: int) -> int:
 
 def _run(model: Classifier, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float | None,
          budgets: Mapping[str, Any], options: Mapping[str, Any] | None, subset: int | None, seed: int,
-         class_subset: ClassSubset, batch_size: int) -> tuple:
+         class_subset: ClassSubset, batch_size: int, precision: str | None = None) -> tuple:
     """Check the arguments, draw the seeded subset and craft on it with ``model`` in eval
     mode (restored after): ``(spec, eps, kwargs, index, (clean, adv_ok, x_adv, queries))``."""
     spec, eps, kwargs = _resolve(attack, eps, budgets, options)
     _check_eval_set(images, labels)
     batch_size = _budget_batch(batch_size)
+    precision = resolve_compute(precision=precision).precision
     index = attack_subset(len(labels), subset, seed)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
@@ -256,7 +262,7 @@ def _run(model: Classifier, images: torch.Tensor, labels: torch.Tensor, attack: 
             num_classes = model(_to_float(images[:1], model_device(model, images.device))).shape[1]
         subset_classes = check_subset(class_subset, num_classes)
         crafted = _craft(model, images[index], labels[index], attack, spec, eps, kwargs, subset_classes, seed,
-                         batch_size)
+                         batch_size, precision)
     finally:
         if hasattr(model, "train"):
             model.train(was_training)
@@ -279,6 +285,7 @@ def robust_accuracy(
     class_subset: ClassSubset = None,
     batch_size: int = 250,
     options: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> AttackResult:
     """Robust accuracy of ``model`` under ``attack`` (a name in ``ATTACKS``).
 
@@ -289,12 +296,23 @@ def robust_accuracy(
     ``ATTACKS[attack].budget``. ``subset``: images drawn by ``seed`` (``attack_subset``);
     None attacks all. ``class_subset``: logits of other classes are masked.
     ``options``: further keyword arguments of the attack function (e.g. ``{"loss": "margin"}``).
-    The model is put in eval mode and restored after.
+    ``precision``: the forward passes' autocast ("fp32", "bf16", "fp16"; None: the current
+    compute options). The model is put in eval mode and restored after.
     """
+    return _robust(model, images, labels, attack, eps, {"steps": steps, "step_size": step_size,
+                                                       "restarts": restarts, "queries": queries},
+                   options, subset, seed, class_subset, batch_size, precision)[0]
+
+
+def _robust(model: Classifier, images: torch.Tensor, labels: torch.Tensor, attack: str, eps: float | None,
+            budgets: Mapping[str, Any], options: Mapping[str, Any] | None, subset: int | None, seed: int,
+            class_subset: ClassSubset, batch_size: int, precision: str | None = None
+            ) -> tuple[AttackResult, torch.Tensor]:
+    """``robust_accuracy`` and the adversarial images it crafted (float32 [n, C, H, W], on the CPU):
+    the very images ``adversarial_examples`` returns for the same arguments."""
     start = time.perf_counter()
-    spec, eps, kwargs, index, (clean, adv_ok, _, q) = _run(
-        model, images, labels, attack, eps, {"steps": steps, "step_size": step_size, "restarts": restarts,
-                                             "queries": queries}, options, subset, seed, class_subset, batch_size)
+    spec, eps, kwargs, index, (clean, adv_ok, x_adv, q) = _run(
+        model, images, labels, attack, eps, budgets, options, subset, seed, class_subset, batch_size, precision)
     seconds = time.perf_counter() - start
     robust = clean & adv_ok
     n = len(index)
@@ -307,7 +325,7 @@ def robust_accuracy(
         clean_acc=clean.float().mean().item() if n else float("nan"),
         n=n, queries_mean=queries_mean, seconds=seconds, seed=seed, budget=dict(kwargs),
         indices=index, clean=clean, robust=robust,
-    )
+    ), x_adv
 
 
 def adversarial_examples(
@@ -326,6 +344,7 @@ def adversarial_examples(
     class_subset: ClassSubset = None,
     batch_size: int = 250,
     options: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(indices int64 [n], adversarial images float32 [n, C, H, W] on the CPU)`` of
     ``attack`` on ``model`` for the seeded subset of the eval set, arguments as
@@ -333,7 +352,8 @@ def adversarial_examples(
     other models on them (what ``transfer_attack`` does in one call)."""
     *_, index, (_, _, x_adv, _) = _run(
         model, images, labels, attack, eps, {"steps": steps, "step_size": step_size, "restarts": restarts,
-                                             "queries": queries}, options, subset, seed, class_subset, batch_size)
+                                             "queries": queries}, options, subset, seed, class_subset, batch_size,
+        precision)
     return index, x_adv
 
 
@@ -354,6 +374,7 @@ def transfer_attack(
     class_subset: ClassSubset = None,
     batch_size: int = 250,
     options: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> dict[str, float]:
     """Craft adversarial examples on ``source`` (e.g. the pretrained model) and evaluate
     every model of ``targets`` (e.g. each model adapted from it) on them.
@@ -364,8 +385,23 @@ def transfer_attack(
     """
     index, x_adv = adversarial_examples(source, x, y, attack, eps, steps=steps, step_size=step_size,
                                         restarts=restarts, queries=queries, subset=subset, seed=seed,
-                                        class_subset=class_subset, batch_size=batch_size, options=options)
-    xs, ys = x[index], y[index]
+                                        class_subset=class_subset, batch_size=batch_size, options=options,
+                                        precision=precision)
+    return transfer_accuracy(targets, x[index], y[index], x_adv, class_subset=class_subset, batch_size=batch_size,
+                             precision=precision)
+
+
+def transfer_accuracy(targets: Mapping[str, Classifier], x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, *,
+                      class_subset: ClassSubset = None, batch_size: int = 250, precision: str | None = None
+                      ) -> dict[str, float]:
+    """Target name -> the fraction of images each target classifies correctly both clean
+    (``x``: uint8 or float [n, C, H, W], labels ``y`` int64 [n]) and as ``x_adv`` (float [n, C, H, W]
+    in [0, 1], e.g. crafted on another model by ``adversarial_examples``, or read from a cache)."""
+    _check_eval_set(x, y)
+    if x_adv.shape != x.shape or not torch.is_floating_point(x_adv):
+        raise DataError(f"adversarial images must be float {tuple(x.shape)}, got {x_adv.dtype} {tuple(x_adv.shape)}")
+    batch_size = _budget_batch(batch_size)
+    precision = resolve_compute(precision=precision).precision
     out: dict[str, float] = {}
     for name, target in targets.items():
         was_training = getattr(target, "training", False)
@@ -374,15 +410,16 @@ def transfer_attack(
         device = model_device(target, x.device)
         try:
             with torch.no_grad():
-                num_classes = target(_to_float(xs[:1], device)).shape[1]
+                num_classes = target(_to_float(x[:1], device)).shape[1]
                 subset_classes = check_subset(class_subset, num_classes)
                 hits = []
-                for start in range(0, len(ys), batch_size):
-                    yb = ys[start:start + batch_size].to(device)
-                    ok_clean = logits_of(target, _to_float(xs[start:start + batch_size], device),
-                                         subset_classes).argmax(1) == yb
-                    ok_adv = logits_of(target, x_adv[start:start + batch_size].to(device),
-                                       subset_classes).argmax(1) == yb
+                for start in range(0, len(y), batch_size):
+                    yb = y[start:start + batch_size].to(device)
+                    with autocast(precision, device):
+                        ok_clean = logits_of(target, _to_float(x[start:start + batch_size], device),
+                                             subset_classes).argmax(1) == yb
+                        ok_adv = logits_of(target, x_adv[start:start + batch_size].to(device),
+                                           subset_classes).argmax(1) == yb
                     hits.append((ok_clean & ok_adv).cpu())
         finally:
             if hasattr(target, "train"):

@@ -4,6 +4,12 @@ In the spirit of AutoAttack's checks (Croce & Hein 2020) and the checklist of
 Carlini et al. 2019 ("On Evaluating Adversarial Robustness"), section 5 of
 docs/attacks.md. ``gradient_masking_checks`` returns one warning (a sentence) per
 failed check and an empty list when all pass.
+
+``zero_gradient_fraction`` is the cheap check every white-box attack row carries, whether
+or not the full checks run: the share of the attacked images on which the attack's loss
+has an input gradient that is exactly zero or not finite, so that a gradient attack cannot
+move them (a softmax saturated to exactly 1.0, as NCM's often is). Above
+``MASKED_ZERO_GRAD`` the row is marked ``masked``.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from ...core.errors import ConfigError
 from ...core.runtime import derive_seed
 from .blackbox import square_linf
 from .common import (
+    LOSSES,
     ClassSubset,
     Classifier,
     Norm,
@@ -23,10 +30,51 @@ from .common import (
     check_subset,
     gradients_on,
     logits_of,
+    loss_per_example,
     margin,
     prepare_inputs,
 )
 from .whitebox import pgd
+
+
+MASKED_ZERO_GRAD = 0.5
+"""An attack row is marked ``masked`` when more than this share of its images has a zero or
+non-finite input gradient: its white-box robust accuracy then measures the gradient, not the model."""
+
+
+def zero_gradient_fraction(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, loss: str = "ce",
+                           class_subset: ClassSubset = None, batch_size: int = 250) -> float:
+    """Share of the images ``x`` (uint8 or float [0, 1], [B, C, H, W]; labels ``y`` int64 [B]) whose
+    input gradient of ``loss`` (per image, as the attacks compute it: "ce", "margin" or "dlr") is
+    all zero or has a NaN/inf entry; every image counts when the input has no gradient at all.
+
+    One forward and backward pass over the images, in eval mode (restored after), under the
+    autocast of the block it is called in. 0.0 for an empty set."""
+    if loss not in LOSSES:
+        raise ConfigError("zero_gradient_fraction.loss", f"must be one of {', '.join(LOSSES)}, got {loss!r}")
+    x, y = prepare_inputs(model, x, y)
+    if not len(y):
+        return 0.0
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    flat = 0
+    try:
+        with gradients_on():
+            for i in range(0, len(y), batch_size):
+                xb = x[i:i + batch_size].detach().clone().requires_grad_(True)
+                yb = y[i:i + batch_size]
+                values = loss_per_example(logits_of(model, xb, class_subset), yb, loss)
+                grad = torch.autograd.grad(values.sum(), xb, allow_unused=True)[0] if values.requires_grad else None
+                if grad is None:
+                    flat += len(yb)
+                    continue
+                g = grad.flatten(1)
+                flat += int(((g == 0).all(1) | ~torch.isfinite(g).all(1)).sum())
+    finally:
+        if hasattr(model, "train"):
+            model.train(was_training)
+    return flat / len(y)
 
 
 def _accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, subset: tuple[int, ...] | None,

@@ -5,12 +5,24 @@ section (``check_attack`` validates one when the run is planned) on the domain's
 split and returns its rows:
 
 - ``attack(name, eps[, task])``: ``robust_accuracy`` on the seeded ``subset`` of the test
-  split (``robust_acc``, ``clean_acc``, ``n``, ``seconds``, ``queries_mean``);
+  split (``robust_acc``, ``clean_acc``, ``n``, ``seconds``, ``queries_mean``).
+  White-box attack rows also hold ``zero_grad_frac``, the share of those images whose
+  input gradient of the loss is exactly zero or not finite (checks.zero_gradient_fraction,
+  once per attack entry: the images do not depend on eps), and ``masked``: 1.0 when it
+  exceeds ``MASKED_ZERO_GRAD`` (the row is suspect of gradient masking), else 0.0;
 - ``transfer(name, eps)``: with ``source`` (the pretrained model), the accuracy under
   examples crafted on ``source`` (``robust_acc``), for attacks with ``transfer``;
-- ``masking(name[, task])``: once per attack name, the number of gradient-masking
-  warnings (``warnings``) on the first 100 test images, for Linf and L2 attacks with
-  ``check_masking``.
+- ``masking(name[, task])``: once per attack name (whatever its radii: it checks at the
+  largest), the number of gradient-masking warnings (``warnings``) on the first 100 test
+  images, for Linf and L2 attacks with ``check_masking``.
+
+Transfer examples are crafted once per source. With a ``cache`` (``ExampleCache``: the
+engine's is the run's artifact store) and ``source_key`` (the cell key of the source
+model), the examples of each (source, domain, attack, eps, budgets, images, seed,
+precision, code version) are stored under ``transfer_key``: the pretrained model's own
+evaluation (``source`` None, ``model`` the source) stores the images its attack crafted,
+and every model adapted from it reads them instead of attacking the source again. A
+cached entry whose shape or values do not fit is crafted again and replaced.
 
 ``task`` names the domain in the rows (the pretrained model is attacked on every task,
 each row naming its task); an adapted model's rows name none.
@@ -18,19 +30,58 @@ each row naming its task); an adapted model's rows name none.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
 from ...core import rows
+from ...core.runtime import autocast, current_compute
 from ...core.timing import phase
 from ...core.types import Domain
-from .api import _resolve, attack_subset, get_attack, robust_accuracy, transfer_attack
-from .checks import gradient_masking_checks
-from .common import Classifier
+from .api import _resolve, _robust, adversarial_examples, attack_subset, get_attack, transfer_accuracy
+from .checks import MASKED_ZERO_GRAD, gradient_masking_checks, zero_gradient_fraction
+from .common import Classifier, model_device
 
 MASKING_IMAGES = 100  # test images the gradient-masking checks look at
+TRANSFER_CACHE_VERSION = "1"  # layout of a cached transfer entry; part of every transfer_key
+
+
+class ExampleCache(Protocol):
+    """Where crafted transfer examples are kept: ``get`` returns what ``put`` stored under a key
+    (None when absent, or when what is stored cannot be read intact)."""
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None: ...
+
+    def put(self, key: str, tensors: dict[str, torch.Tensor]) -> None: ...
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def transfer_key(source_key: str, domain: str, attack: Mapping[str, Any], eps: float, seed: int,
+                 images: torch.Tensor, labels: torch.Tensor, class_subset: Sequence[int] | None,
+                 precision: str) -> str:
+    """SHA-256 naming the transfer examples of attack entry ``attack`` at radius ``eps``,
+    crafted on the model of cell ``source_key`` from ``images`` / ``labels`` (the attacked
+    subset, hashed: the same images give the same key whatever split or subset rule chose them)."""
+    payload = {"kind": "transfer-examples", "layout": TRANSFER_CACHE_VERSION, "source": source_key,
+               "domain": domain, "attack": attack["name"], "version": get_attack(attack["name"]).version,
+               "eps": float(eps), "params": {k: v for k, v in sorted(dict(attack.get("params") or {}).items())},
+               "seed": seed, "images": _digest(images), "labels": _digest(labels),
+               "class_subset": None if class_subset is None else [int(c) for c in class_subset],
+               "precision": precision}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _fits(entry: Mapping[str, torch.Tensor] | None, images: torch.Tensor) -> bool:
+    """A cached entry holds float32 images of the attacked set's shape, finite and in [0, 1]."""
+    x = None if entry is None else entry.get("x_adv")
+    return (isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.shape == images.shape
+            and bool(torch.isfinite(x).all()) and (x.numel() == 0 or (x.min() >= 0 and x.max() <= 1)))
 
 
 @dataclass
@@ -55,17 +106,26 @@ def check_attack(name: str, eps: Sequence[float], params: Mapping[str, Any]) -> 
 
 
 def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str, Any]], seed: int,
-                task: str | None = None, source: Classifier | None = None) -> AttackReport:
+                task: str | None = None, source: Classifier | None = None, cache: ExampleCache | None = None,
+                source_key: str | None = None) -> AttackReport:
     """Every attack of ``attacks`` (entries of a spec's ``attacks``: name, eps, subset,
-    transfer, check_masking, params) on ``model`` over ``domain``'s test split, seeded by ``seed``."""
+    transfer, check_masking, params) on ``model`` over ``domain``'s test split, seeded by ``seed``.
+
+    ``source``: the model transfer examples are crafted on. ``cache`` and ``source_key`` (the
+    cell key of ``source``, or of ``model`` itself when ``source`` is None): keep those
+    examples, crafted once (module docstring)."""
     out = AttackReport()
     test_split = domain.test
+    precision = current_compute().precision
+    device = model_device(model, torch.device("cpu"))
+    caching = cache is not None and source_key is not None
     for a in attacks:
-        norm = get_attack(a["name"]).norm
+        spec = get_attack(a["name"])
+        norm = spec.norm
         masking = rows.masking(a["name"], task)
         if a.get("check_masking", True) and norm in ("linf", "l2") and masking not in out.rows:
             head = test_split.subset(torch.arange(min(MASKING_IMAGES, len(test_split))))
-            with phase("masking_checks"):
+            with phase("masking_checks"), autocast(precision, device):
                 found = gradient_masking_checks(model, head.images, head.labels, eps=max(a["eps"]), norm=norm,
                                                 class_subset=domain.class_subset, seed=seed)
             out.rows[masking] = {"warnings": float(len(found))}
@@ -73,14 +133,38 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
             out.checked = True
         # the seeded subset robust_accuracy would draw, taken first so a streaming split decodes only it
         test = test_split.subset(attack_subset(len(test_split), a["subset"], seed))
+        flat = None
+        if not spec.blackbox:
+            with phase("masking_checks"), autocast(precision, device):
+                flat = zero_gradient_fraction(model, test.images, test.labels, class_subset=domain.class_subset)
         for eps in a["eps"]:
             kw = dict(subset=None, seed=seed, class_subset=domain.class_subset, options=None, **a["params"])
-            r = robust_accuracy(model, test.images, test.labels, a["name"], eps, **kw)
-            out.rows[rows.attack(a["name"], eps, task)] = r.metrics()
-            if a["transfer"] and source is not None:
-                robust = transfer_attack(source, {"target": model}, test.images, test.labels, a["name"], eps,
-                                         **kw)["target"]
-                out.rows[rows.transfer(a["name"], eps)] = {"robust_acc": robust}
+            r, x_adv = _robust(model, test.images, test.labels, a["name"], eps, dict(a["params"]), None, None, seed,
+                               domain.class_subset, 250)  # robust_accuracy(model, ..., **kw), and its images
+            row = r.metrics()
+            if flat is not None:
+                row.update(zero_grad_frac=flat, masked=float(flat > MASKED_ZERO_GRAD))
+            out.rows[rows.attack(a["name"], eps, task)] = row
+            if not a["transfer"]:
+                continue
+            key = (transfer_key(source_key, domain.name, a, eps, seed, test.images, test.labels,
+                                domain.class_subset, precision) if caching else None)
+            if source is None:
+                if key is not None and not _fits(cache.get(key), test.images):
+                    with phase("save"):
+                        cache.put(key, {"x_adv": x_adv})
+                continue
+            entry = cache.get(key) if key is not None else None
+            if _fits(entry, test.images):
+                crafted = entry["x_adv"]
+            else:
+                _, crafted = adversarial_examples(source, test.images, test.labels, a["name"], eps, **kw)
+                if key is not None:
+                    with phase("save"):
+                        cache.put(key, {"x_adv": crafted})
+            robust = transfer_accuracy({"target": model}, test.images, test.labels, crafted,
+                                       class_subset=domain.class_subset)["target"]
+            out.rows[rows.transfer(a["name"], eps)] = {"robust_acc": robust}
     return out
 
 
