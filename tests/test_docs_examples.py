@@ -79,7 +79,8 @@ def test_the_backbones_example_lists_built_in_and_outside_backbones_as_tables(tm
 
 
 def _build_suite_file(text: str, table: dict, tmp_path: Path) -> None:
-    """Write the example as a file, make every folder it names (4 images per class), build it."""
+    """Write the example as a file, make every folder and ``.npz`` file it names (4 images per
+    class; the pretraining domain's over its own classes when it has them), build it."""
     path = tmp_path / "suite.toml"
     path.write_text(text)
     assert load_suite_table(path) == table
@@ -88,9 +89,13 @@ def _build_suite_file(text: str, table: dict, tmp_path: Path) -> None:
     for group in ("pretrain", "tasks", "eval_sets"):
         domains = [table[group]] if group == "pretrain" else list(table.get(group, {}).values())
         for d in domains:
+            own = d.get("classes", classes) if group == "pretrain" else classes
+            if "npz" in d:
+                np.savez(tmp_path / d["npz"], images=rng.integers(0, 256, (4 * len(own), 10, 10, 3), dtype=np.uint8),
+                         labels=np.array(list(own) * 4))
             for key in ("train", "test", "path"):
                 if key in d:
-                    for c in classes:
+                    for c in own:
                         folder = tmp_path / d[key] / c
                         folder.mkdir(parents=True, exist_ok=True)
                         for i in range(4):
@@ -99,4 +104,8 @@ def _build_suite_file(text: str, table: dict, tmp_path: Path) -> None:
         (tmp_path / table["classes_file"]).write_text("\n".join(classes) + "\n")
     suite = user_suite(table, tmp_path)
     assert list(suite.classes) == list(classes)
+    pre = table["pretrain"]
+    assert suite.pretrain_classes == (tuple(pre["classes"]) if "classes" in pre else None)
+    if "class_map" in pre:
+        assert [suite.pretrain_classes[j] for j in suite.class_map] == [pre["class_map"][c] for c in classes]
     assert set(suite.tasks) == set(table.get("tasks", {}))
