@@ -45,7 +45,43 @@ def tiny_suite(seed: int = 0, cache_dir: str | None = None) -> Suite:
                  corruptions={k: ("noise", int(k[-1])) for k in corr}, aux={"rendered": dom("rendered", noise=0.5)})
 
 
+PRETRAIN_CLASSES = ("p0", "p1", "p2", "p3")
+
+
+def _bars4(n: int, g: torch.Generator) -> Split:
+    """Four classes of 12x12 grey images: a bright row bar at row 1, 4, 7 or 10, under noise."""
+    y = torch.arange(n) % 4
+    x = torch.rand(n, 1, 12, 12, generator=g) * 0.3
+    x[torch.arange(n), :, 1 + 3 * y, :] += 0.8
+    return Split((x.clamp(0, 1) * 255).to(torch.uint8), y.long())
+
+
+def tiny_label_space_suite(seed: int = 0, cache_dir: str | None = None, class_map: tuple[int, ...] | None = None,
+                           name: str = "tiny_ls") -> Suite:
+    """``tiny``'s tasks and extra set over classes a, b, c, with a pretraining domain of its own
+    four classes p0..p3 (row bars at other rows) and two corrupted copies of it; ``class_map``
+    sends task classes to pretraining classes (``tiny_lsmap``: a, b, c -> p0, p1, p2)."""
+    base = tiny_suite(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    pre = Domain("pre", _bars4(80, g), _bars4(200, g))
+    test = pre.test
+    corr = {}
+    for sev, amp in ((1, 80), (2, 160)):
+        noise = torch.randint(-amp, amp + 1, test.images.shape, generator=g)
+        corr[f"pre-c/noise/{sev}"] = Domain(f"pre-c/noise/{sev}", Split(
+            (test.images.int() + noise).clamp(0, 255).to(torch.uint8), test.labels))
+    return Suite(name, CLASSES, pre, base.tasks, eval_sets={"extra": base.eval_sets["extra"], **corr},
+                 corruptions={k: ("noise", int(k[-1])) for k in corr}, pretrain_classes=PRETRAIN_CLASSES,
+                 class_map=class_map)
+
+
+def tiny_label_space_mapped(seed: int = 0, cache_dir: str | None = None) -> Suite:
+    return tiny_label_space_suite(seed, cache_dir, class_map=(0, 1, 2), name="tiny_lsmap")
+
+
 if "tiny" not in SUITES._items:
     register_suite("tiny")(tiny_suite)
+    register_suite("tiny_ls")(tiny_label_space_suite)
+    register_suite("tiny_lsmap")(tiny_label_space_mapped)
 
 

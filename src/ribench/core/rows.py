@@ -14,6 +14,9 @@ method/task labels that carry meaning are built and parsed only here:
 - ``masking(name, task)`` -> ``"masking/<name>[/<task>]"``: gradient-masking warnings of an attack;
 - ``diag(measure, sample)`` -> ``"diag/<measure>/<sample>"``, ``DIAG_SUMMARY``,
   ``DIAG_LAYERS``: per-model diagnostics;
+- ``probe(task, eval_set)`` -> ``"probe/<task>/<eval set>"``: m0 with a linear probe fitted on
+  ``task``, on an eval set of the tasks' label space (suites whose pretraining domain has its
+  own classes and no class map: the reference of the models adapted on ``task``);
 - ``train_epoch(epoch, run)`` -> ``"train/epoch=<e>"`` (``"train/run=<r>/epoch=<e>"`` for a
   cell's later training runs): a point of the training curve of an adapt or pretrain cell
   (metrics ``train_loss``, ``val_acc``).
@@ -40,6 +43,7 @@ DIAG_PREFIX = "diag/"
 DIAG_SUMMARY = "diag/summary"
 DIAG_LAYERS = "diag/layers"
 TRAIN_PREFIX = "train/"
+PROBE_PREFIX = "probe/"
 TRAIN_LOSS = "train_loss"
 VAL_ACC = "val_acc"
 
@@ -116,6 +120,19 @@ def is_diag(eval_set: str) -> bool:
     return eval_set.startswith(DIAG_PREFIX)
 
 
+def probe(task: str, eval_set: str) -> str:
+    """``probe("svhn", "usps")`` -> ``"probe/svhn/usps"``: m0 probed on task ``svhn``, on eval set ``usps``."""
+    return f"{PROBE_PREFIX}{task}/{eval_set}"
+
+
+def parse_probe(eval_set: str) -> tuple[str, str] | None:
+    """(task, eval set) of a probe row; None for any other row. Task names hold no ``/``."""
+    if not eval_set.startswith(PROBE_PREFIX):
+        return None
+    task, sep, name = eval_set[len(PROBE_PREFIX):].partition("/")
+    return (task, name) if sep and task and name else None
+
+
 def train_epoch(epoch: int, run: int = 0) -> str:
     """``train_epoch(3)`` -> ``"train/epoch=3"``; a cell's later training runs (``run`` >= 1, in
     call order) -> ``"train/run=1/epoch=3"``. Epochs count from 1."""
@@ -139,6 +156,6 @@ def is_train_curve(eval_set: str) -> bool:
 
 def is_special(eval_set: str) -> bool:
     """True for every row that is not a plain eval-set accuracy row (summary, curve, attack, transfer, diag,
-    training curve)."""
+    training curve, probe)."""
     return (eval_set == SUMMARY or eval_set.startswith((CURVE_PREFIX, ATTACK_PREFIX, TRANSFER_PREFIX,
-                                                        DIAG_PREFIX, TRAIN_PREFIX)))
+                                                        DIAG_PREFIX, TRAIN_PREFIX, PROBE_PREFIX)))

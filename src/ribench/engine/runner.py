@@ -48,8 +48,10 @@ import torch
 
 from .. import __version__
 from ..core.errors import ConfigError, DataError, UnknownNameError
+from ..core.registry import METHODS
 from ..core.runtime import resolve_device
 from ..core.types import Suite
+from ..methods.heads import check_head_for_suite
 from .artifacts import ArtifactStore
 from .execute import CellResult, build_run_suite
 from .executors import Outcome, PoolExecutor, RayExecutor, SerialExecutor, WorkerContext, clean_markers
@@ -142,8 +144,20 @@ def environment(device: torch.device) -> dict[str, str]:
 def plan_run(spec: RunSpec) -> tuple[Suite, list[Cell]]:
     """(suite, cells) of a spec."""
     suite = build_run_suite(spec)
+    check_heads_for_suite(spec, suite)
     suite_id = {"name": suite.name, "version": suite.version, "data_seed": spec.data_seed}
     return suite, plan(spec, select_tasks(spec, list(suite.tasks)), suite_id)
+
+
+def check_heads_for_suite(spec: RunSpec, suite: Suite) -> None:
+    """Every method's head policy is one ``suite`` can give (methods.heads.check_head_for_suite):
+    found when the run is planned, naming the method entry."""
+    if not suite.separate_pretrain_labels:
+        return
+    for i, entry in enumerate(spec.methods):
+        head = getattr(getattr(METHODS.create(entry.name, **entry.params), "config", None), "head", None)
+        if isinstance(head, str):
+            check_head_for_suite(head, suite, f"methods[{i}].params.head")
 
 
 def suite_layout(suite: Suite, cells: list[Cell]) -> dict[str, Any]:
@@ -156,8 +170,12 @@ def suite_layout(suite: Suite, cells: list[Cell]) -> dict[str, Any]:
         eval_sets = [e for e in eval_sets if e not in corruptions]
         corruptions = {c.labels["task"]: [c.config["corruption"], c.config["severity"]] for c in made}
         eval_sets += list(corruptions)
-    return {"pretrain": suite.pretrain.name, "tasks": list(suite.tasks), "eval_sets": eval_sets,
-            "corruptions": corruptions}
+    layout = {"pretrain": suite.pretrain.name, "tasks": list(suite.tasks), "eval_sets": eval_sets,
+              "corruptions": corruptions}
+    if suite.separate_pretrain_labels:
+        layout.update(pretrain_classes=list(suite.pretrain_label_space), classes=list(suite.classes),
+                      class_map=None if suite.class_map is None else list(suite.class_map))
+    return layout
 
 
 class EventLog:

@@ -14,11 +14,21 @@ the policy, and one function, ``prepare_head``, applies it:
               task does not cover (``task.class_subset``) are masked out of the loss.
 
 The policy is recorded in ``ctx.info["head_policy"]``, so it is stored with the result.
+
+Suites whose pretraining domain has its own label space (``Suite.pretrain_classes``):
+every method starts from ``task_start_model(m0, suite)``, a copy of m0 that keeps m0's
+head as its frozen *pretraining head* (``Model.set_pretrain_head``; the pretraining
+domain is evaluated through it) and has a task-sized ``head``: the rows of m0's head
+that ``Suite.class_map`` names (``head_origin = "mapped"``), or, without a class map, a
+seeded fresh initialisation (``head_origin = "unset"``). ``keep`` and ``masked`` need a
+pretrained task head, so without a class map they are a ConfigError naming the
+mismatch (``check_head_for_suite``); ``reinit`` and ``lp`` work with either.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -28,7 +38,7 @@ import torch
 
 from ..core.errors import ConfigError
 from ..core.registry import METHODS
-from ..core.types import Domain
+from ..core.types import Domain, Suite
 from ..models.base import Model
 from ..core.runtime import seed_everything
 from ..models.training import TrainConfig, train_classifier
@@ -65,12 +75,55 @@ class HeadTrainConfig(TrainConfig):
         check_head_policy(self.head, type(self).head_policies)
 
 
+NEEDS_PRETRAINED_HEAD = ("keep", "masked")
+
+
+def task_start_model(m0: Model, suite: Suite, seed: int = 0) -> Model:
+    """m0 made ready for tasks of another label space (module docstring): a copy keeping m0's
+    head as the pretraining head, with a head over ``suite.classes`` taken from m0's rows by
+    ``suite.class_map`` or, without one, initialised from ``seed``."""
+    k = len(suite.pretrain_label_space)
+    if m0.num_classes != k:
+        raise ConfigError("suite.pretrain.classes", f"the pretrained model has {m0.num_classes} outputs but the "
+                                                    f"pretraining domain of suite {suite.name!r} has {k} classes")
+    model = copy.deepcopy(m0)
+    old = model.head
+    model.set_pretrain_head(old.weight, old.bias)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(model.num_features, suite.num_classes).to(old.weight.device)
+    if suite.class_map is not None:
+        rows = torch.tensor(suite.class_map, dtype=torch.long, device=old.weight.device)
+        with torch.no_grad():
+            head.weight.copy_(old.weight[rows])
+            head.bias.copy_(old.bias[rows])
+    model.head, model.num_classes = head, suite.num_classes
+    model.head_origin = "mapped" if suite.class_map is not None else "unset"
+    return model
+
+
+def check_head_for_suite(policy: str, suite: Suite, where: str = "head") -> None:
+    """ConfigError when ``policy`` needs a pretrained task head that ``suite`` cannot give: the
+    pretraining domain has its own classes and the suite has no class map."""
+    if policy in NEEDS_PRETRAINED_HEAD and suite.separate_pretrain_labels and suite.class_map is None:
+        raise ConfigError(where, _mismatch(policy, len(suite.pretrain_label_space), suite.num_classes, suite.name))
+
+
+def _mismatch(policy: str, k: int, n: int, suite: str | None = None) -> str:
+    of = f" of suite {suite!r}" if suite else ""
+    return (f"head = {policy!r} needs a pretrained head over the task classes, but the pretraining domain{of} has "
+            f"its own {k} classes, not the tasks' {n}, and the suite gives no class_map from one to the other; "
+            f"use head = 'reinit' or 'lp', or declare the suite's class_map")
+
+
 def prepare_head(model: Model, policy: str, pretrained: Model, task: Domain, ctx: AdaptContext) -> bool:
     """Apply ``policy`` to ``model.head`` (in place); return whether the head is trained.
 
     ``model`` is the copy being adapted, ``pretrained`` the untouched pretrained model.
     """
     check_head_policy(policy)
+    if policy in NEEDS_PRETRAINED_HEAD and getattr(pretrained, "head_origin", None) == "unset":
+        raise ConfigError("head", _mismatch(policy, pretrained.pretrain_num_classes, pretrained.num_classes))
     ctx.info["head_policy"] = policy
     head = model.head
     if policy == "reinit":

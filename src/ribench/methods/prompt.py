@@ -50,6 +50,9 @@ class PromptedModel(Model):
         super().__init__(base.spec, base.num_features, base.num_classes)
         self.head = base.head
         base.head = nn.Identity()
+        if base.has_pretrain_head:  # the pretraining head sees the prompted features
+            self.set_pretrain_head(base.pretrain_head_weight, base.pretrain_head_bias)
+            del base.pretrain_head_weight, base.pretrain_head_bias
         self.backbone = base
         self.pad = pad
         c = base.spec.channels

@@ -212,12 +212,16 @@ class LwF(_RegularisedFT):
         teacher = pretrained
         t, lam = self.config.temperature, self.config.lam
 
+        # where the tasks have another label space, the old task is the pretraining head's (Li & Hoiem's
+        # recorded old-task outputs); it is kept frozen (Model.set_pretrain_head), so it is distilled through
+        old_task = teacher.has_pretrain_head
+
         def extra(m: Model, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             was_training = teacher.training
             teacher.eval()
             with torch.no_grad():
-                target = teacher(x)
+                target = teacher.pretrain_logits(x) if old_task else teacher(x)
             teacher.train(was_training)
-            return lam * distillation_loss(logits, target, t)
+            return lam * distillation_loss(m.pretrain_logits(x) if old_task else logits, target, t)
 
         return None, extra

@@ -53,6 +53,10 @@ def model_name(model: nn.Module) -> str:
     return f"{arch} ({source})" if isinstance(source, str) and source else str(arch)
 
 
+PRETRAIN_HEAD_WEIGHT = "pretrain_head_weight"
+PRETRAIN_HEAD_BIAS = "pretrain_head_bias"
+
+
 class Model(nn.Module):
     """Backbone + linear head + input spec. See module docstring."""
 
@@ -97,7 +101,65 @@ class Model(nn.Module):
         """Images -> logits [B, num_classes]."""
         return self.head(self.features(x))
 
+    # --- the pretraining head, where the tasks have another label space ---------------
+    def set_pretrain_head(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Keep a frozen copy of the pretraining head (``weight`` [K, D], ``bias`` [K]) beside
+        the task head, for suites whose pretraining domain has its own K classes
+        (``Suite.pretrain_classes``). It is stored as buffers, so no method trains it, no
+        PEFT tuner wraps it and it travels in the state dict (``pretrain_head_weight``,
+        ``pretrain_head_bias``); ``pretrain_logits`` uses it."""
+        if weight.dim() != 2 or bias.shape != weight.shape[:1] or weight.shape[1] != self.num_features:
+            raise DataError(f"pretraining head must be weight [K, {self.num_features}] and bias [K], got "
+                            f"{tuple(weight.shape)} and {tuple(bias.shape)}")
+        self.register_buffer(PRETRAIN_HEAD_WEIGHT, weight.detach().clone())
+        self.register_buffer(PRETRAIN_HEAD_BIAS, bias.detach().clone())
+
+    @property
+    def pretrain_num_classes(self) -> int | None:
+        """K of the kept pretraining head, None when the model keeps none."""
+        w = getattr(self, PRETRAIN_HEAD_WEIGHT, None)
+        return None if w is None else int(w.shape[0])
+
+    @property
+    def has_pretrain_head(self) -> bool:
+        return self.pretrain_num_classes is not None
+
+    def pretrain_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> logits over the pretraining classes [B, K], through the kept pretraining head."""
+        if not self.has_pretrain_head:
+            raise DataError(f"model {model_name(self)!r} keeps no pretraining head (set_pretrain_head)")
+        return F.linear(self.features(x), getattr(self, PRETRAIN_HEAD_WEIGHT), getattr(self, PRETRAIN_HEAD_BIAS))
+
     def backbone_parameters(self):
         """Every parameter except the head's."""
         head_ids = {id(p) for p in self.head.parameters()}
         return [p for p in self.parameters() if id(p) not in head_ids]
+
+
+class PretrainHeadView(nn.Module):
+    """``model`` seen through its kept pretraining head: ``forward(x) = model.pretrain_logits(x)``
+    (shares the model's weights; what ``evaluate`` runs on the pretraining label space's sets)."""
+
+    def __init__(self, model: Model):
+        super().__init__()
+        self.model = model
+        if not model.has_pretrain_head:
+            raise DataError(f"model {model_name(model)!r} keeps no pretraining head (set_pretrain_head)")
+        self.num_classes = model.pretrain_num_classes
+        self.spec = model.spec
+        self.arch = f"{model_name(model)} (pretraining head)"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.pretrain_logits(x)
+
+
+def attach_pretrain_heads(model: nn.Module, state_dict) -> None:
+    """Give each submodule of ``model`` whose entries in ``state_dict`` hold a pretraining head
+    (``<prefix>pretrain_head_weight``) a placeholder of that shape, so the state dict loads."""
+    for k, w in state_dict.items():
+        if not k.endswith(PRETRAIN_HEAD_WEIGHT):
+            continue
+        prefix = k[: -len(PRETRAIN_HEAD_WEIGHT)]
+        owner = model.get_submodule(prefix.rstrip(".")) if prefix else model
+        if isinstance(owner, Model) and not owner.has_pretrain_head:
+            owner.set_pretrain_head(torch.zeros(tuple(w.shape)), torch.zeros(w.shape[0]))

@@ -42,7 +42,7 @@ from ..core.errors import CheckpointError, ConfigError, UnknownNameError
 from ..core.registry import MODEL_KINDS
 from ..core.types import InputSpec
 from . import external
-from .base import Model, first_nonfinite, model_name
+from .base import Model, attach_pretrain_heads, first_nonfinite, model_name
 from .state_io import load_into, load_state_dict
 
 __all__ = ["LEGACY_MODULES", "load_into", "load_model", "load_state_dict", "save_model"]
@@ -213,4 +213,5 @@ def load_model(path: str | os.PathLike, trust_checkpoint: bool = False) -> Model
                               f"{where}. {e}") from None
     except (TypeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild {arch!r} from hparams {hparams}: {e}") from None
+    attach_pretrain_heads(model, state_dict)
     return load_into(model, state_dict, path)

@@ -102,7 +102,8 @@ def pretrain_backbone(
     device: torch.device | str = "cpu",
     progress: Progress = no_progress,
 ) -> tuple[Model, dict[str, Any]]:
-    """Build the registered ``backbone`` for ``suite``'s classes on ``device`` and pretrain it.
+    """Build the registered ``backbone`` for the classes of ``suite``'s pretraining domain
+    (``Suite.pretrain_label_space``) on ``device`` and pretrain it.
 
     Its initialisation and its training are seeded from ``seed`` by (backbone, recipe), so
     every backbone and recipe of one seed is made reproducibly and independently. Returns
@@ -110,7 +111,7 @@ def pretrain_backbone(
     """
     get_recipe(recipe)
     seed_everything(derive_seed("init", seed, backbone, recipe))
-    model = MODELS.create(backbone, num_classes=suite.num_classes).to(device)
+    model = MODELS.create(backbone, num_classes=len(suite.pretrain_label_space)).to(device)
     t0 = time.perf_counter()
     pretrain(model, suite, recipe, cfg, derive_seed("pretrain", seed, backbone, recipe), progress)
     info = {"train_seconds": time.perf_counter() - t0, "params": sum(p.numel() for p in model.parameters())}

@@ -115,23 +115,32 @@ class DaWinModel(Model):
     def embed(self, z: torch.Tensor) -> torch.Tensor:
         raise DataError("a DaWin model interpolates per image: call features(images), not embed")
 
+    @property
+    def pretrain_num_classes(self) -> int | None:
+        return self.m0.pretrain_num_classes
 
-class _Features(nn.Module):
-    """``forward`` = the wrapped model's ``features`` (so functional_call can run it)."""
+    def pretrain_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the pretraining classes of the model interpolated per image with the
+        same lambda(x) as ``forward`` (taken from the task heads' entropies)."""
+        return self._run(x, "pretrain_logits")
 
-    def __init__(self, model: Model):
+
+class _Method(nn.Module):
+    """``forward`` = the wrapped model's method ``fn`` (so functional_call can run it)."""
+
+    def __init__(self, model: Model, fn: str):
         super().__init__()
-        self.model = model
+        self.model, self.fn = model, fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(x)
+        return getattr(self.model, self.fn)(x)
 
 
 def _call(module: Model, params: State, fn: str, x: torch.Tensor) -> torch.Tensor:
     """``module.<fn>(x)`` with ``params`` in place of its own (torch.func.functional_call)."""
     if fn == "forward":
         return functional_call(module, params, (x,))
-    return functional_call(_Features(module), {f"model.{k}": v for k, v in params.items()}, (x,))
+    return functional_call(_Method(module, fn), {f"model.{k}": v for k, v in params.items()}, (x,))
 
 
 @register_adapted_model("dawin")
