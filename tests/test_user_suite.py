@@ -280,3 +280,36 @@ def test_data_show_takes_a_suite_file_and_a_run_spec(colour_tree, capsys):
     bad.write_text('[suite]\nclasses = ["a"]\nbogus = 1\n')
     assert main(["data", "show", str(bad)]) == 2
     assert "suite.bogus" in capsys.readouterr().err
+
+
+def test_builtin_streaming_domain_is_converted_batch_by_batch(colour_tree, monkeypatch):
+    """A registered suite's domain that streams from disk stays streaming: relabelled and
+    converted to the suite's channels as each batch is decoded."""
+    from ribench.core.types import Domain, StreamingSplit, Suite
+
+    ref = tiny_suite(0)
+    rgb = ref.tasks["t2"]
+
+    def stream(split):
+        return StreamingSplit(lambda i, x=split.images: x[i], split.labels, num_workers=0)
+
+    def streaming_suite(seed=0, cache_dir=None):
+        dom = Domain("t2", stream(rgb.test), stream(rgb.train))
+        return Suite("streams", ref.classes, ref.pretrain, {"t2": dom})
+
+    monkeypatch.setitem(SUITES._items, "streams", streaming_suite)
+    t = _table(classes=["c", "b", "a"], channels=1, tasks={"t2": {"builtin": "streams:t2"}})
+    with pytest.warns(RuntimeWarning, match="converts domain 't2'"):
+        s = user_suite(t, colour_tree)
+    got = s.tasks["t2"].test
+    assert isinstance(got, StreamingSplit)
+    w = torch.tensor([299, 587, 114]).view(1, 3, 1, 1)
+    luma = ((rgb.test.images.long() * w).sum(1, keepdim=True) + 500).div(1000, rounding_mode="floor").to(torch.uint8)
+    assert torch.equal(got.images, luma)
+    assert got.labels.tolist() == (2 - rgb.test.labels).tolist()
+    x, y = next(got.batches(7))
+    assert torch.equal(x, luma[:7]) and y.tolist() == (2 - rgb.test.labels[:7]).tolist()
+    with pytest.raises(ConfigError, match=r"suite\.tasks\.t2\.builtin.*unknown"):
+        user_suite(_table(classes=["a", "b", "c"], tasks={"t2": {"builtin": "streams:nope"}}), colour_tree)
+    with pytest.raises(ConfigError, match=r"suite\.tasks\.t2\.builtin.*unknown"):
+        user_suite(_table(classes=["a", "b", "c"], tasks={"t2": {"builtin": "nosuch:t2"}}), colour_tree)

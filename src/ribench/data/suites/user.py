@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.errors import ConfigError, DataError
+from ...core.errors import ConfigError, DataError, UnknownNameError
 from ...core.registry import SUITES
 from ...core.runtime import derive_seed
 from ...core.types import Domain, Split, StreamingSplit, Suite
@@ -249,8 +249,11 @@ def user_suite(table: dict[str, Any], base: str | os.PathLike, seed: int = 0,
         if not isinstance(spec, str) or spec.count(":") != 1:
             raise ConfigError(field, f"must be '<suite>:<domain>' (e.g. 'digits:mnist'), got {spec!r}")
         sname, dname = spec.split(":")
-        src = builtin_suite(sname)
-        dom = src.pretrain if dname == "pretrain" else src.domain(dname)
+        try:
+            src = builtin_suite(sname)
+            dom = src.pretrain if dname == "pretrain" else src.domain(dname)
+        except UnknownNameError as e:
+            raise ConfigError(field, str(e)) from None
         own = src.pretrain_label_space if dom.name in src.pretrain_space_sets() else tuple(src.classes)
         covered = list(dom.class_subset) if dom.class_subset is not None else list(range(len(own)))
         missing = [own[i] for i in covered if own[i] not in space]
