@@ -102,3 +102,72 @@ def test_a_run_without_curve_rows_reports_as_before(tiny_run, tmp_path):
     new = (tiny_run / "report.html").read_text()
     new = new.replace(_section(new, "training"), "").replace('<li><a href="#training">Training curves</a></li>', "")
     assert html == new
+
+
+# --- Wilson intervals -------------------------------------------------------------------
+def _wilson(hits: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval at 95%, by its textbook formula."""
+    z = 1.959963984540054
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _md_rows(md: str, title: str) -> dict[str, list[str]]:
+    block = md.split(f"### {title}\n", 1)[1].split("\n\n", 1)[0]
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {c[0]: dict(zip(header[1:], c[1:])) for c in
+            ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[2:])}
+
+
+def test_inheritance_tables_show_the_wilson_interval_of_single_models(tiny_run):
+    md = (tiny_run / "report.md").read_text()
+    table = _md_rows(md, "mlp / narrow / ft: fine-tuned on (rows) → evaluated on (columns)")
+    assert "95% Wilson score interval over the n images" in md
+    got = dict(_sql(tiny_run, "SELECT metric, value FROM metrics WHERE method = 'ft' AND task = 't2' AND eval_set = 't2' "
+                              "AND metric IN ('accuracy', 'n')"))
+    n = int(got["n"])
+    hits = round(got["accuracy"] * n)
+    assert hits / n == pytest.approx(got["accuracy"], abs=1e-12)
+    lo, hi = _wilson(hits, n)
+    base = dict(_sql(tiny_run, "SELECT metric, value FROM metrics WHERE method = 'pretrained' AND eval_set = 't2' "
+                               "AND metric = 'accuracy'"))["accuracy"]
+    assert table["t2"]["t2"] == f"*{100 * got['accuracy']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] ({100 * (got['accuracy'] - base):+.1f})"
+    # the folded corruptions column is a mean over sets: no interval
+    assert "[" not in table["t2"]["corruptions"] and "[" not in table["m0 (pretrained)"]["corruptions"]
+    # report.html holds the same cells
+    html = (tiny_run / "report.html").read_text()
+    assert f"[{100 * lo:.1f}, {100 * hi:.1f}] ({100 * (got['accuracy'] - base):+.1f})" in _section(html, "inheritance")
+    assert "95% Wilson score interval" in _section(html, "inheritance")
+
+
+def test_means_over_seeds_and_old_rows_show_no_interval(tiny_run, tmp_path):
+    import time
+
+    from ribench.engine.store import ResultsStore
+    from ribench.report.markdown import render_markdown
+
+    two = tmp_path / "two-seeds"
+    shutil.copytree(tiny_run, two)
+    store = ResultsStore(two / "results.sqlite")  # a second seed of ft on t1
+    store.finish_cell("second-seed", "evaluate", {"backbone": "mlp", "recipe": "narrow", "method": "ft", "task": "t1",
+                                                  "seed": 1}, {}, time.time(),
+                      {"t2": {"accuracy": 0.5, "acc_lo": 0.4, "acc_hi": 0.6, "n": 60.0}})
+    store.close()
+    table = _md_rows(render_markdown(load_run(two)), "mlp / narrow / ft: fine-tuned on (rows) → evaluated on (columns)")
+    first = dict(_sql(tiny_run, "SELECT metric, value FROM metrics WHERE method = 'ft' AND task = 't1' AND eval_set = 't2' "
+                                "AND metric = 'accuracy'"))["accuracy"]
+    assert table["t1"]["t2"].startswith(f"{100 * (first + 0.5) / 2:.1f} (")  # a mean over two seeds: change only
+    assert "[" in table["t1"]["t1"] and "[" in table["t2"]["t2"]  # single models keep theirs
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    con = sqlite3.connect(old / "results.sqlite")
+    con.execute("DELETE FROM metrics WHERE metric IN ('acc_lo', 'acc_hi')")
+    con.commit()
+    con.close()
+    md = render_markdown(load_run(old))
+    inherit = md.split("## Inheritance tables", 1)[1].split("\n## ", 1)[0]
+    assert "Wilson" not in md and "[" not in inherit.split("### ", 1)[1]

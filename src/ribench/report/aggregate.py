@@ -168,6 +168,33 @@ def accuracy_by_column(rows: list[dict[str, Any]], layout: dict[str, Any]) -> di
     return {k: {c: float(np.mean(v)) for c, v in cols.items()} for k, cols in acc.items()}
 
 
+ACC_LO, ACC_HI = "acc_lo", "acc_hi"  # the Wilson 95% interval of an accuracy row (evaluate.runner)
+
+
+def wilson_by_column(rows: list[dict[str, Any]], layout: dict[str, Any]) -> dict[tuple, dict[str, tuple[float, float]]]:
+    """(backbone, recipe, method, task) -> column -> (acc_lo, acc_hi): the stored Wilson 95%
+    interval of the accuracy, only where the column's number is one model on one eval set
+    (a single seed; never the folded corruptions column) and the row has one (runs made
+    before intervals were stored have none)."""
+    corr = set(layout.get("corruptions", {}))
+    columns = set(layout_columns(layout)) - {CORRUPTIONS}
+    bounds: dict[tuple, dict[str, float]] = defaultdict(dict)
+    count: dict[tuple, int] = defaultdict(int)
+    for r in _valued(rows):
+        if r["eval_set"] in corr or r["eval_set"] not in columns or not is_model_row(r):
+            continue
+        k = (r["backbone"], r["recipe"], r["method"], r["task"])
+        if r["metric"] == ACCURACY:
+            count[(*k, r["eval_set"])] += 1
+        elif r["metric"] in (ACC_LO, ACC_HI):
+            bounds[(*k, r["seed"], r["eval_set"])][r["metric"]] = r["value"]
+    out: dict[tuple, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for (b, rc, m, t, _, col), v in bounds.items():
+        if count.get((b, rc, m, t, col)) == 1 and ACC_LO in v and ACC_HI in v:
+            out[(b, rc, m, t)][col] = (float(v[ACC_LO]), float(v[ACC_HI]))
+    return dict(out)
+
+
 def inheritance_matrix(rows: list[dict[str, Any]], layout: dict[str, Any], backbone: str, recipe: str,
                        method: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
     """Fine-tuning tasks (rows) by eval-set columns for one method.

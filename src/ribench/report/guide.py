@@ -15,6 +15,10 @@ INTERVAL_NOTE = ("Each cell: the mean over the row's (task, seed) runs and, in b
                  f"(mean ± t(0.975, n−1)·s/√n over those n runs, each run one unit); \"{ONE_RUN}\" where the row "
                  "has a single run (m0, or one task and one seed). Parameters and seconds: means only.")
 
+WILSON_NOTE = ("Square brackets after an accuracy: its 95% Wilson score interval over the n images of that eval set "
+               "(with `[eval] max_per_set`, n is the evaluated subset), shown where the number is one model on one "
+               "eval set; a mean over seeds or over the corruption sets keeps none.")
+
 PREDICTION_GUIDE = f"""\
 Before fine-tuning, ribench measures each task's distance from the pretraining data
 (OTDD, on pixels and on the pretrained model's features; lower = closer) and how well the

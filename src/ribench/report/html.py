@@ -7,7 +7,8 @@ cell's ``data-value``, the sort key); the guides are ``guide``'s. Sections, each
 when the run has no data for it:
 
 1. summary per (backbone, recipe, method): mean and 95% t-interval over (task, seed) runs, sortable;
-2. inheritance matrices (heatmaps of the change from m0) per method;
+2. inheritance matrices (heatmaps of the change from m0) per method, and folded below them the
+   inheritance tables of report.md (accuracy, its Wilson interval where one model on one set, change);
 3. radar charts of accuracy per eval set, m0 against each method;
 4. corruption breakdown by corruption and severity;
 5. robust accuracy under attack (when attack rows exist);
@@ -33,12 +34,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .guide import GUIDE
+from .guide import GUIDE, WILSON_NOTE
 from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
 from .prediction import prediction_section
 from .rundata import RunData, RunSource, as_run
-from .tables import (Cell, Table, backbone_names, cell_label, cost_table, diagnostics_table, merged_table,
-                     summary_table)
+from .tables import (Cell, Table, backbone_names, cell_label, cost_table, diagnostics_table, has_wilson,
+                     inheritance_tables, merged_table, summary_table)
 
 REPORT_FILE = "report.html"
 SORT_HINT = "Click a column header to sort (by the mean); rows without a value go last."
@@ -169,6 +170,19 @@ def prediction_html(run: RunData) -> str:
     return "".join(parts)
 
 
+def inheritance_html(run: RunData) -> str:
+    """The inheritance tables of report.md, folded (the heatmaps above them show the same numbers);
+    "" when the run has no suite layout or no adapted model."""
+    if not run.layout:
+        return ""
+    tables = inheritance_tables(run.rows, run.layout)
+    if not tables:
+        return ""
+    note = f'<p class="note">{escape(WILSON_NOTE)}</p>' if has_wilson(run.rows, run.layout) else ""
+    return ("<details><summary>Inheritance tables (accuracy %, change from m0 in brackets)</summary>" + note
+            + "".join(f"<h3>{escape(t.title)}</h3>" + table_html(t) for t in tables) + "</details>")
+
+
 def diagnostics_html(run: RunData) -> str:
     """Per (backbone, recipe, method): what changed inside the adapted models (columns with data)."""
     t = diagnostics_table(run.rows)
@@ -242,6 +256,8 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
         body = tables[sec](run) if sec in tables else ""
         if sec in by_section:
             body += _figures(by_section[sec])
+        if sec == "inheritance" and body:  # the numbers of the heatmaps, folded below them
+            body += inheritance_html(run)
         if body:
             sections.append((sec.replace("_", "-"), SECTIONS[sec], f'<p class="note">{escape(GUIDE[sec])}</p>' + body))
     merged = merged_table(run.rows)

@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from .guide import GUIDE, PREDICTION_GUIDE
+from .guide import GUIDE, PREDICTION_GUIDE, WILSON_NOTE
 from .prediction import prediction_section
 from .rundata import FIGURES_DIR, RunData, RunSource, as_run, read_figure_index
 from .rundata import open_store  # noqa: F401  (`ribench status` opens the store through here)
@@ -22,6 +22,7 @@ from .tables import (
     cost_table,
     diagnostics_table,
     failures_table,
+    has_wilson,
     inheritance_tables,
     merged_table,
     summary_table,
@@ -73,6 +74,8 @@ def render_markdown(run: RunData) -> str:
              *(f"- *{h}*: {text}" for h, text in summary.column_notes()), "", _md(summary)]
     if run.layout:
         parts += ["## Inheritance tables (accuracy %, change from m0 in brackets)", "", GUIDE["inheritance"], ""]
+        if has_wilson(rows, run.layout):
+            parts += [WILSON_NOTE, ""]
         parts += [_md(t) for t in inheritance_tables(rows, run.layout)]
     merged = merged_table(rows)
     if merged is not None:

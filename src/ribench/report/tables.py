@@ -127,30 +127,46 @@ def summary_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
 
 def inheritance_tables(rows: list[dict[str, Any]], layout: dict[str, Any]) -> list[Table]:
     """Per adapted (backbone, recipe, method): m0 and each fine-tuning task (rows) by eval set
-    (columns, ``aggregate.layout_columns``): accuracy % and, in brackets, the change from m0
-    in points; ``*`` marks the fine-tuning task's own column."""
+    (columns, ``aggregate.layout_columns``): accuracy %, its Wilson 95% interval in square
+    brackets where the number is one model on one eval set (one seed, not the folded
+    corruptions column; stored as ``acc_lo``/``acc_hi``), and in round brackets the change
+    from m0 in points; ``*`` marks the fine-tuning task's own column."""
     out = []
+    wilson = agg.wilson_by_column(rows, layout)
     for b, rc in agg.backbone_recipes(rows):
         for m in agg.method_order(rows):
             res = None if m == agg.PRETRAINED else agg.inheritance_matrix(rows, layout, b, rc, m)
             if res is None:
                 continue
             tasks, columns, acc, base = res
-            body = [[method_label(agg.PRETRAINED), *(_accuracy_cell(v) for v in base)]]
+            w0 = wilson.get((b, rc, agg.PRETRAINED, None), {})
+            body = [[method_label(agg.PRETRAINED), *(_accuracy_cell(v, interval=w0.get(c)) for c, v in zip(columns, base))]]
             for t, row in zip(tasks, acc):
-                body.append([t, *(_accuracy_cell(a, a0, c == t) for c, a, a0 in zip(columns, row, base))])
+                w = wilson.get((b, rc, m, t), {})
+                body.append([t, *(_accuracy_cell(a, a0, c == t, w.get(c)) for c, a, a0 in zip(columns, row, base))])
             out.append(Table(f"{b} / {rc} / {m}: fine-tuned on (rows) → evaluated on (columns)",
                              ["fine-tuned on", *columns], body, label_columns=1))
     return out
 
 
-def _accuracy_cell(acc: float, base: float = math.nan, own: bool = False) -> Cell:
-    """Accuracy % (``*`` before the fine-tuning task's own) and, with a finite ``base``,
-    its change from m0 in brackets."""
+def _accuracy_cell(acc: float, base: float = math.nan, own: bool = False,
+                   interval: tuple[float, float] | None = None) -> Cell:
+    """Accuracy % (``*`` before the fine-tuning task's own), then its Wilson 95% ``interval``
+    (lo, hi) in square brackets when given, then, with a finite ``base``, its change from m0
+    in round brackets: ``*71.3 [69.0, 73.5] (+1.2)``."""
     if not math.isfinite(acc):
         return Cell(MISSING)
-    change = f"({POINTS.text(acc - base)})" if math.isfinite(base) else ""
-    return Cell((OWN_TASK_MARK if own else "") + PERCENT.text(acc), change, PERCENT.shown(acc))
+    parts = []
+    if interval is not None and all(math.isfinite(x) for x in interval):
+        parts.append(f"[{PERCENT.text(interval[0])}, {PERCENT.text(interval[1])}]")
+    if math.isfinite(base):
+        parts.append(f"({POINTS.text(acc - base)})")
+    return Cell((OWN_TASK_MARK if own else "") + PERCENT.text(acc), " ".join(parts), PERCENT.shown(acc))
+
+
+def has_wilson(rows: list[dict[str, Any]], layout: dict[str, Any]) -> bool:
+    """Whether some inheritance-table cell shows a Wilson interval (``aggregate.wilson_by_column``)."""
+    return any(agg.wilson_by_column(rows, layout).values())
 
 
 def merged_table(rows: list[dict[str, Any]]) -> Table | None:
