@@ -171,3 +171,56 @@ def test_means_over_seeds_and_old_rows_show_no_interval(tiny_run, tmp_path):
     md = render_markdown(load_run(old))
     inherit = md.split("## Inheritance tables", 1)[1].split("\n## ", 1)[0]
     assert "Wilson" not in md and "[" not in inherit.split("### ", 1)[1]
+
+
+# --- the header: user suites and outside backbones ---------------------------------------
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    """``test_spec_paths``' project: a user suite ``pets`` (data/pets.toml) and one outside backbone."""
+    from test_spec_paths import _project
+
+    from ribench.engine import load_spec
+
+    root = tmp_path_factory.mktemp("user-suite")
+    spec = load_spec(_project(root))
+    out = root / "run"
+    assert run(spec, out, quiet=True).ok
+    write_reports(out)
+    return out, spec
+
+
+def test_header_names_a_user_suite_and_only_the_recipes_that_apply(user_run):
+    from ribench.report.leaderboard import leaderboard
+
+    out, spec = user_run
+    suite_file = str(out.parent / "data" / "pets.toml")
+    assert spec.suite == "digits" and spec.suite_file == suite_file and spec.recipes == ["narrow"]  # the spec's defaults
+    md = (out / "report.md").read_text()
+    header = md.splitlines()[2]
+    assert header.startswith(f"User suite `pets` (from `{suite_file}`), backbones mine, recipes given, seeds [0].")
+    assert "digits" not in header and "narrow" not in header
+    html = (out / "report.html").read_text()
+    lead = re.search(r'<p class="lead">(.*?)</p>', html, re.S).group(1)
+    assert lead.startswith(f"User suite <b>pets</b> (from <code>{suite_file}</code>); backbones mine; recipes given;")
+    assert leaderboard(out)["suite"] == "pets"
+    # the stored rows of the outside backbone carry the recipe the header shows
+    assert {r for (r,) in _sql(out, "SELECT DISTINCT recipe FROM metrics")} == {"given"}
+
+
+def test_header_of_a_registered_suite_lists_the_spec_recipes(tiny_run):
+    md = (tiny_run / "report.md").read_text()
+    assert md.splitlines()[2].startswith("Suite `tiny`, backbones mlp, recipes narrow, seeds [0].")
+    lead = re.search(r'<p class="lead">(.*?)</p>', (tiny_run / "report.html").read_text(), re.S).group(1)
+    assert lead.startswith("Suite <b>tiny</b>; backbones mlp; recipes narrow;")
+
+
+def test_mixed_backbones_list_the_spec_recipes_and_given():
+    from ribench.report.rundata import applied_recipes, suite_header
+
+    spec = {"backbones": ["mlp", {"name": "mine"}], "recipes": ["narrow", "wide"]}
+    assert applied_recipes(spec) == ["narrow", "wide", "given"]
+    assert applied_recipes({"backbones": ["mlp"], "recipes": ["wide"]}) == ["wide"]
+    # a user suite whose cells recorded no name yet (nothing finished) is named by its file
+    assert suite_header({"suite": "digits", "suite_file": "/x/pets.toml"}) == ("User suite", "pets", "/x/pets.toml")
+    assert suite_header({"suite": "digits", "suite_file": "/x/spec.toml"}, {"name": "pets"}).name == "pets"
+    assert suite_header({"suite": "digits", "suite_file": None}, {"name": "digits"}) == ("Suite", "digits", None)

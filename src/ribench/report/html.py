@@ -274,8 +274,10 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
     spec = run.spec
     n_done = sum(c["status"] == "done" for c in run.cells)
     n_failed = sum(c["status"] == "failed" for c in run.cells)
-    lead = (f"Suite <b>{escape(str(spec.get('suite', '?')))}</b>; backbones {escape(', '.join(backbone_names(spec)))}; "
-            f"recipes {escape(', '.join(map(str, spec.get('recipes') or [])))}; "
+    kind, name, file = run.suite
+    suite = f"{kind} <b>{escape(name)}</b>" + (f" (from <code>{escape(file)}</code>)" if file else "")
+    lead = (f"{suite}; backbones {escape(', '.join(backbone_names(spec)))}; "
+            f"recipes {escape(', '.join(run.recipes))}; "
             f"seeds {escape(', '.join(map(str, spec.get('seeds') or [])))}. "
             f"{n_done} cells done, {n_failed} failed. Made by ribench {escape(str(run.env.get('ribench', '')))} from "
             f"<code>results.sqlite</code>.")

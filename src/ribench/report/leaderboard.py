@@ -218,7 +218,7 @@ def leaderboard(source: RunSource) -> dict[str, Any]:
     configs = method_configs(run)
     entries, refs = leaderboard_entries(run.rows, configs)
     doc = {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
-           "suite": run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
+           "suite": run.suite.name if run.spec.get("suite_file") else run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
            "entries": entries, "pretrained": refs}
     robustness = robustness_rows(run.rows, entries + refs, configs)
     if robustness:

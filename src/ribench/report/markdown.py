@@ -62,12 +62,18 @@ def figures_markdown(run: RunData) -> list[str]:
     return parts
 
 
+def suite_markdown(run: RunData) -> str:
+    """``Suite `digits` `` or ``User suite `pets` (from `pets.toml`)`` (``rundata.suite_header``)."""
+    kind, name, file = run.suite
+    return f"{kind} `{name}`" + (f" (from `{file}`)" if file else "")
+
+
 def render_markdown(run: RunData) -> str:
     """The text of report.md."""
     spec, rows, cells = run.spec, run.rows, run.cells
     summary = summary_table(rows)
     parts = [f"# ribench report: {spec.get('name', 'run')}", "",
-             f"Suite `{spec.get('suite')}`, backbones {', '.join(backbone_names(spec))}, recipes {spec.get('recipes')}, "
+             f"{suite_markdown(run)}, backbones {', '.join(backbone_names(spec))}, recipes {', '.join(run.recipes)}, "
              f"seeds {spec.get('seeds')}. {sum(c['status'] == 'done' for c in cells)} cells done, "
              f"{sum(c['status'] == 'failed' for c in cells)} failed.", "",
              "## Summary per method", "", GUIDE["summary"], "", "How to read the columns:", "",
