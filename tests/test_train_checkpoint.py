@@ -62,7 +62,7 @@ AUG = AugmentConfig(rotate_deg=10, translate=0.1, noise_std=0.05)
 def test_loop_resumed_mid_epoch_gives_the_uninterrupted_bits(tiny, tmp_path, arch, aug):
     ref_state, ref_g, ref_rng, ref_runs = _loop(tiny, arch, augmentation=aug, val=True)
     steps_per_epoch = -(-len(tiny.tasks["t1"].train.holdout(0.2, seed=1)[0]) // 16)
-    for k in (steps_per_epoch // 2, steps_per_epoch):  # inside an epoch; at its last step
+    for k in (steps_per_epoch // 2, steps_per_epoch, steps_per_epoch + 3):  # inside an epoch; at its end; later
         folder = tmp_path / f"k{k}"
         with pytest.raises(Crash):
             _loop(tiny, arch, folder, crash_at(k), augmentation=aug, val=True)
@@ -132,5 +132,78 @@ def _adapt(tiny, name, folder=None, hook=None, **params):
 def test_method_resumed_after_a_crash_gives_the_uninterrupted_bits(tiny, tmp_path, name, params):
     ref = _adapt(tiny, name, **params)
     with pytest.raises(Crash):
-        _adapt(tiny, name, tmp_path, crash_at(5), **params)
+        _adapt(tiny, name, tmp_path, crash_at(11), **params)  # in the second of two epochs (8 steps each)
     assert_same_bits(ref, _adapt(tiny, name, tmp_path, **params))
+
+
+# --- a real kill -9 of `ribench run` ---------------------------------------------------------
+KILLED = {"name": "killed", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"], "seeds": [0],
+          "methods": [{"name": "ft", "params": {"epochs": 100, "batch_size": 8}}], "tasks": ["t1"],
+          "device": "cpu", "pretrain": {"epochs": 1}, "eval": {"val_fraction": 0.2, "pretrain_sample": 50},
+          "analysis": {"enabled": False}, "diagnostics": {"enabled": False}, "checkpoint_every": "1 steps"}
+
+
+def _adapt_weights(out: Path) -> dict[str, torch.Tensor]:
+    import json
+    import sqlite3
+
+    con = sqlite3.connect(out / "results.sqlite")
+    (key,) = [k for k, kind in con.execute("SELECT key, kind FROM cells") if kind == "adapt"]
+    con.close()
+    (path,) = out.rglob(f"{key}.safetensors")
+    return load_file(path)
+
+
+def _done(out: Path, kind: str) -> bool:
+    import json
+
+    events = out / "events.jsonl"
+    return events.exists() and any(json.loads(l).get("event") == "done" and json.loads(l).get("kind") == kind
+                                   for l in events.read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_adapt_cell_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+    import json
+
+    from ribench.engine import load_spec, run
+    from ribench.engine.runner import RunOptions
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps(KILLED))  # JSON is YAML
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "ribench.cli", "run", str(spec), "--out", str(out), "--quiet",
+                             "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, found = time.time() + 240, []
+        while time.time() < deadline and not found:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its adapt cell could be killed: {proc.stderr.read()}")
+            if _done(out, "pretrain"):  # the pretrain cell's checkpoints are gone: these are the adapt cell's
+                found = [p for p in out.rglob("run-0.pt") if p.parent.name.endswith(".train")]
+            time.sleep(0.02)
+        assert found, "no checkpoint of the adapt cell appeared"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (ckpt,) = found
+    step = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step < 100 * 12  # killed in the middle of the cell's 1200 steps
+    resumed, load = [], resume.RunCheckpoint.load
+
+    def spy(self):  # the serial runner trains in this process: what each training call resumed from
+        state = load(self)
+        resumed.append(None if state is None else state["step"])
+        return state
+
+    monkeypatch.setattr(resume.RunCheckpoint, "load", spy)
+    opts = RunOptions(threads=1, quiet=True)
+    assert run(load_spec(spec), out, options=opts).ok  # the same spec, resumed
+    assert resumed == [step]  # the adapt cell's one training call, from the killed run's checkpoint
+    assert not ckpt.parent.exists()  # removed once the cell's model was saved
+    plain = tmp_path / "plain"
+    assert run(load_spec(spec).with_overrides(checkpoint_every=0), plain, options=opts).ok
+    assert_same_bits(_adapt_weights(plain), _adapt_weights(out))

@@ -21,6 +21,11 @@ The adapt and pretrain runners record the training curves of the loop (core.trai
 an adapt cell's runs are validated on its task's validation part) and return them as
 rows ``train/epoch=<e>`` (engine/logging.py); ``[logging] tensorboard`` also writes them
 under ``<out>/tensorboard/<cell key>``.
+
+The adapt and pretrain runners also run their training under the spec's ``checkpoint_every``
+(core.resume): the loop's checkpoints go to ``<key>.train/`` beside the cell's artifact, a
+cell started again after a crash resumes from them, and they are removed once its model is
+saved (docs/results.md, "Crash-safe training").
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -40,7 +46,7 @@ from ..core.registry import METHODS
 from ..core import rows as row_names
 from ..core.rows import SUMMARY
 from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
-from ..core import trainlog
+from ..core import resume, trainlog
 from ..core.timing import current as current_clock, measure, phase
 from ..core.types import Domain, Split, Suite
 from ..data import build_suite, corrupt
@@ -218,6 +224,16 @@ class Workspace:
                 write_loggers(self.spec.logging, self.artifacts.root.parent, cell, log)
         return training_rows(log)
 
+    def checkpoint_folder(self, cell: Cell) -> Path:
+        """Where a training cell's checkpoints live until its result is saved: ``<key>.train/`` beside its artifact."""
+        return self.artifacts.path(cell.key).with_suffix(".train")
+
+    def checkpointing(self, cell: Cell):
+        """The training calls of ``cell`` checkpoint into its folder at the spec's ``checkpoint_every``
+        and resume from what a killed run of it left there (core.resume)."""
+        every_steps, every_seconds = self.spec.checkpoint_interval
+        return resume.checkpointing(self.checkpoint_folder(cell), every_steps, every_seconds)
+
     def with_corruptions(self, keys: tuple[str, ...]) -> "Workspace":
         """This workspace over a suite whose corruption sets are the engine-made ``keys`` (none: as it is)."""
         if not keys:
@@ -314,10 +330,11 @@ def run_pretrain(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
         return _load_given(ws, cell)
     pt = dict(c["pretrain"])
     seed = pt.pop("seed")
-    with phase("pretrain"), trainlog.recording() as log:
+    with phase("pretrain"), trainlog.recording() as log, ws.checkpointing(cell):
         model, info = pretrain_backbone(c["backbone"], ws.suite, c["recipe"], PretrainConfig(**pt), seed, ws.device,
                                         progress)
     ws.save(cell.key, model)
+    resume.discard(ws.checkpoint_folder(cell))
     return CellResult(metrics=ws.training_curves(cell, log), info=info)
 
 
@@ -437,10 +454,11 @@ def run_adapt(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> Cell
         progress=progress, features=ws.feature_fn(pretrained_key, pretrained, c["task"]),
     )
     t0 = time.perf_counter()
-    with phase("train"), trainlog.recording(val=val) as log:
+    with phase("train"), trainlog.recording(val=val) as log, ws.checkpointing(cell):
         model = method.adapt(pretrained, task, ctx)
     info = {"train_seconds": time.perf_counter() - t0, **ctx.info}
     ws.save(cell.key, model)
+    resume.discard(ws.checkpoint_folder(cell))
     return CellResult(metrics=ws.training_curves(cell, log), info=info)
 
 

@@ -16,6 +16,7 @@ Example (the ``quick`` preset)::
     tasks = ["mnist-v2", "fonts", "mnistm"]   # or "all"
     seeds = [0]
     threads = 1                        # CPU threads every cell computes with (the default)
+    checkpoint_every = 300             # seconds between a training cell's checkpoints, or "500 steps"; 0: none
 
     [pretrain]
     epochs = 5
@@ -182,6 +183,10 @@ class RunSpec(_Strict):
                           "results may differ in the last bits)")
     loader_workers: int = Field(0, ge=0, le=256, description="worker processes reading batches through a torch "
                                 "DataLoader, in training and evaluation (0: in the cell's process; same numbers)")
+    checkpoint_every: Union[float, str] = Field(
+        300, description="how often a training cell (adapt, pretrain) saves what it needs to resume after a crash: "
+        "seconds of wall time (a number), or optimiser steps (\"<K> steps\"); 0 never saves. Changes no number and "
+        "no cell key (docs/results.md, Crash-safe training)")
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     attacks: list[AttackEntry] = Field(default_factory=list, description="adversarial evaluations of every model")
@@ -201,6 +206,23 @@ class RunSpec(_Strict):
             raise ValueError(f"{v!r} is not a plain folder name (letters, digits, '.', '_', '-'; no '/' or '..' "
                              "at the start): it names the output folder runs/<name>")
         return v
+
+    @field_validator("checkpoint_every")
+    @classmethod
+    def _interval(cls, v: float | str) -> float | str:
+        if isinstance(v, str):
+            if not re.fullmatch(r"\s*\d+\s*steps?\s*", v):
+                raise ValueError(f"{v!r} is not an interval: a number of seconds, or \"<K> steps\"")
+            return f"{int(v.strip().split()[0].removesuffix('steps').removesuffix('step'))} steps"
+        if v < 0:
+            raise ValueError(f"must be >= 0 seconds, got {v!r}")
+        return v
+
+    @property
+    def checkpoint_interval(self) -> tuple[int, float]:
+        """``checkpoint_every`` as (every K optimiser steps, every T seconds); 0 turns a way off."""
+        v = self.checkpoint_every
+        return (int(v.split()[0]), 0.0) if isinstance(v, str) else (0, float(v))
 
     @field_validator("tasks")
     @classmethod
