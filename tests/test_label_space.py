@@ -195,3 +195,40 @@ def test_with_a_class_map_m0s_own_rows_are_the_reference(tmp_path):
     assert not torch.equal(models[("ft", "t1")].head.weight, start.head.weight)
     r = got[("ft", "t1", SUMMARY, "R")]
     assert got[("ft", "t1", SUMMARY, "dR")] == pytest.approx(r - got[(PRETRAINED, None, "t2", "accuracy")])
+
+
+def test_outside_checkpoint_whose_head_has_the_pretraining_classes(tmp_path):
+    """A checkpoint trained elsewhere with a head over the pretraining domain's own 4 classes:
+    its head is m0's pretraining head, P is measured through it, the tasks get probe heads."""
+    from safetensors.torch import save_file
+
+    from fixtures_models import tiny_net
+
+    torch.manual_seed(1)
+    net = tiny_net(num_classes=4)
+    weights = tmp_path / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    entry = {"name": "mine", "source": "module:fixtures_models:tiny_net", "kwargs": {"num_classes": 4},
+             "weights": str(weights), "input": {"size": 12, "channels": 1}}
+    spec = _spec("tiny_ls", [{"name": "ft", "label": "ft", "params": {"epochs": 1, "head": "lp"}}], backbones=[entry])
+    out = tmp_path / "run"
+    assert run(spec, out, quiet=True).failed == []
+    got, models, suite = _rows(out), _models(out), SUITES.create("tiny_ls")
+    m0 = models[(PRETRAINED, None)]
+    head = m0.head.weight
+    assert head.shape[0] == 4 and torch.equal(head, net.state_dict()[next(k for k in net.state_dict()
+                                                                           if k.endswith("weight") and
+                                                                           net.state_dict()[k].shape == head.shape)])
+    assert got[(PRETRAINED, None, "pre", "accuracy")] == pytest.approx(_acc(m0, suite.pretrain.test))
+    ft = models[("ft", "t1")]
+    assert torch.equal(ft.pretrain_head_weight, head)
+    assert got[("ft", "t1", "pre", "accuracy")] == pytest.approx(_acc(PretrainHeadView(ft), suite.pretrain.test))
+    # a head over 3 classes is not the pretraining domain's 4: refused, naming the mismatch
+    bad = {**entry, "kwargs": {"num_classes": 3}, "weights": None}
+    bad.pop("weights")
+    outcome = run(_spec("tiny_ls", ["lp"], backbones=[bad]), tmp_path / "bad", quiet=True)
+    assert outcome.failed
+    con = sqlite3.connect(tmp_path / "bad" / "results.sqlite")
+    errors = [e for (e,) in con.execute("SELECT error FROM cells WHERE status = 'failed'")]
+    con.close()
+    assert any("3" in e and "4" in e and "class" in e for e in errors), errors
