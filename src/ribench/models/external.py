@@ -615,7 +615,9 @@ def build(entry: BackboneEntry, num_classes: int | None = None, trust_checkpoint
         replace_head(model, num_classes if num_classes is not None else model.num_classes)
     elif num_classes is not None and model.num_classes != num_classes:
         raise ConfigError(f"{where}.reset_head", f"the head of {entry.name!r} has {model.num_classes} classes but "
-                                                 f"the suite has {num_classes}; set reset_head = true to replace it")
+                                                 f"the suite's pretraining domain has {num_classes}; set reset_head = true to "
+                                                 "replace it, or, for a model pretrained on other classes, declare "
+                                                 "them as the pretraining domain's own classes (docs/datasets.md)")
     elif class_names is not None and labels is not None:
         problem = head_label_mismatch(labels, class_names)
         if problem:
