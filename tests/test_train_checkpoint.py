@@ -4,8 +4,10 @@ the same bits as an uninterrupted one (in process, for the loop and for methods;
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -144,9 +146,6 @@ KILLED = {"name": "killed", "suite": "tiny", "backbones": ["mlp"], "recipes": ["
 
 
 def _adapt_weights(out: Path) -> dict[str, torch.Tensor]:
-    import json
-    import sqlite3
-
     con = sqlite3.connect(out / "results.sqlite")
     (key,) = [k for k, kind in con.execute("SELECT key, kind FROM cells") if kind == "adapt"]
     con.close()
@@ -155,8 +154,6 @@ def _adapt_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def _done(out: Path, kind: str) -> bool:
-    import json
-
     events = out / "events.jsonl"
     return events.exists() and any(json.loads(l).get("event") == "done" and json.loads(l).get("kind") == kind
                                    for l in events.read_text().splitlines())
@@ -164,8 +161,6 @@ def _done(out: Path, kind: str) -> bool:
 
 @pytest.mark.slow
 def test_adapt_cell_killed_with_sigkill_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
-    import json
-
     from ribench.engine import load_spec, run
     from ribench.engine.runner import RunOptions
 

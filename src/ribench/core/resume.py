@@ -71,8 +71,10 @@ class RunCheckpoint:
 
     def load(self) -> dict[str, Any] | None:
         """The saved state (``torch.load(weights_only=True)``: tensors, numbers, strings, lists and
-        dicts only), or None when there is none or it cannot be read (then the call starts over)."""
-        if not self.enabled or not self.path.is_file():
+        dicts only), or None when there is none or it cannot be read (then the call starts over).
+        A checkpoint is resumed even when the block's intervals are 0 (it was written by an earlier
+        run with checkpoints on)."""
+        if not self.path.is_file():
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)

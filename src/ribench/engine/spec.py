@@ -184,7 +184,7 @@ class RunSpec(_Strict):
     loader_workers: int = Field(0, ge=0, le=256, description="worker processes reading batches through a torch "
                                 "DataLoader, in training and evaluation (0: in the cell's process; same numbers)")
     checkpoint_every: Union[float, str] = Field(
-        300, description="how often a training cell (adapt, pretrain) saves what it needs to resume after a crash: "
+        300.0, description="how often a training cell (adapt, pretrain) saves what it needs to resume after a crash: "
         "seconds of wall time (a number), or optimiser steps (\"<K> steps\"); 0 never saves. Changes no number and "
         "no cell key (docs/results.md, Crash-safe training)")
     pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
