@@ -313,3 +313,16 @@ def test_builtin_streaming_domain_is_converted_batch_by_batch(colour_tree, monke
         user_suite(_table(classes=["a", "b", "c"], tasks={"t2": {"builtin": "streams:nope"}}), colour_tree)
     with pytest.raises(ConfigError, match=r"suite\.tasks\.t2\.builtin.*unknown"):
         user_suite(_table(classes=["a", "b", "c"], tasks={"t2": {"builtin": "nosuch:t2"}}), colour_tree)
+
+
+def test_pretraining_domain_may_be_named(colour_tree):
+    plain = user_suite(_table(), colour_tree)
+    named = user_suite(_table(pretrain={"name": "photos", "train": "pre/train", "test": "pre/test"}), colour_tree)
+    assert plain.pretrain.name == "pretrain" and named.pretrain.name == "photos"
+    assert "photos" in named.all_eval_sets() and "pretrain" not in named.all_eval_sets()
+    assert named.version != plain.version and named.version.startswith(plain.version + "+")
+    assert torch.equal(named.pretrain.test.images, plain.pretrain.test.images)
+    with pytest.raises(ConfigError, match=r"suite\.pretrain\.name.*also the name of a task"):
+        user_suite(_table(pretrain={"name": "sk", "train": "pre/train", "test": "pre/test"}), colour_tree)
+    with pytest.raises(ConfigError, match=r"suite\.pretrain\.name"):
+        user_suite(_table(pretrain={"name": "a/b", "train": "pre/train", "test": "pre/test"}), colour_tree)

@@ -12,6 +12,7 @@ the domains of registered suites.
     on_error = "fail"                 # or "skip": leave unreadable images out, with a warning
 
     [suite.pretrain]
+    name = "photos"                   # optional: the pretraining domain's name in results (default "pretrain")
     train = "photos/train"            # folders of <class>/<images>, relative to this file
     test = "photos/test"
     classes = ["cat", "dog", "fox"]   # optional: the pretraining domain's own label space
@@ -72,7 +73,7 @@ KEYS = {"name", "classes", "classes_file", "channels", "image_size", "test_fract
         "eval_sets", "num_workers"}
 SOURCES = ("train", "path", "npz", "builtin")  # what a domain is read from ("train" stands for train/test)
 DOMAIN_KEYS = {"train", "test", "path", "npz", "builtin", "channels", "description"}
-PRETRAIN_KEYS = DOMAIN_KEYS | {"classes", "classes_file", "class_map"}
+PRETRAIN_KEYS = DOMAIN_KEYS | {"name", "classes", "classes_file", "class_map"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}  # Pillow modes of one-channel images
 LEGACY_CHANNELS = 3  # what every domain was converted to when `channels` was not given
 
@@ -353,7 +354,14 @@ def user_suite(table: dict[str, Any], base: str | os.PathLike, seed: int = 0,
     elif isinstance(pre_table, dict) and "class_map" in pre_table:
         raise ConfigError("suite.pretrain.class_map", "needs the pretraining domain's own classes "
                                                       "(classes = [...] or classes_file = ... in [suite.pretrain])")
-    pre = domain("suite.pretrain", "pretrain", pre_table, True, pretrain_classes or classes,
+    pre_name = pre_table.get("name", "pretrain") if isinstance(pre_table, dict) else "pretrain"
+    if not isinstance(pre_name, str) or not pre_name or "/" in pre_name:
+        raise ConfigError("suite.pretrain.name", f"must be a non-empty name without '/', got {pre_name!r}")
+    if pre_name in (table.get("tasks") or {}) or pre_name in (table.get("eval_sets") or {}):
+        raise ConfigError("suite.pretrain.name", f"{pre_name!r} is also the name of a task or eval set")
+    if pre_name != "pretrain":  # the rows' eval-set name: a new version, so no stored row keeps the old one
+        extras.append(["suite.pretrain.name", pre_name])
+    pre = domain("suite.pretrain", pre_name, pre_table, True, pretrain_classes or classes,
                  "suite.pretrain.classes" if pretrain_classes is not None else "suite.classes", PRETRAIN_KEYS)
     tasks = {k: domain(f"suite.tasks.{k}", k, v, True, classes, "suite.classes", DOMAIN_KEYS)
              for k, v in (table.get("tasks") or {}).items()}
