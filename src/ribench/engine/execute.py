@@ -50,7 +50,7 @@ from ..core import resume, trainlog
 from ..core.timing import current as current_clock, measure, phase
 from ..core.types import Domain, Split, Suite
 from ..data import build_suite, corrupt
-from ..evaluate import evaluate, summarize
+from ..evaluate import evaluate, evaluate_many, summarize
 from ..evaluate.attacks import add_robust_deltas, attack_rows, robust_summary
 from ..methods.base import AdaptContext, Ingredient, compute_features
 from ..models import external
@@ -129,32 +129,46 @@ class Workspace:
             self._remember(key, model)
 
     # --- data -----------------------------------------------------------------
-    def evaluate_all(self, model: Model, progress: Progress) -> Metrics:
-        """``model`` on every eval set. Under a phase clock with no phase open, the time of each set
-        is charged to ``corruption_eval`` (a corruption set) or ``clean_eval`` (any other, and the
-        set-up), from the moments ``evaluate`` reports each set done; inside an open phase
-        (``extra_models``) it all goes to that phase."""
-        clock = current_clock()
-        groups = self.eval_groups(model)
-        total = sum(len(sets) for _, sets in groups)
+    def evaluate_all(self, model: Model, progress: Progress, extra: dict[str, Model] | None = None
+                     ) -> tuple[Metrics, dict[str, Metrics]]:
+        """(``model`` on every eval set, each ``extra`` model on them: label -> metrics), in one
+        pass over the data (evaluate.evaluate_many: each batch read once for all of them).
 
-        def run(report: Progress) -> Metrics:
-            out: Metrics = {}
-            for m, sets in groups:
-                done = len(out)
+        Under a phase clock with no phase open, the time of each set is charged to
+        ``corruption_eval`` (a corruption set) or ``clean_eval`` (any other, and the set-up),
+        from the moments each set is done, except the extra models' forward passes, charged to
+        ``extra_models``; inside an open phase it all goes to that phase."""
+        extra = extra or {}
+        clock = current_clock()
+        groups = [self.eval_groups(m) for m in (model, *extra.values())]
+        labels = ["", *extra]
+        total = sum(len(sets) for _, sets in groups[0])
+        seconds: dict[str, float] = {}
+
+        def run(report: Progress | None) -> tuple[Metrics, dict[str, Metrics]]:
+            out: dict[str, Metrics] = {label: {} for label in labels}
+            for g, (_, sets) in enumerate(groups[0]):
+                done = len(out[""])
                 part = None if report is None else (
                     lambda f, name, done=done, n=len(sets): report((done + f * n) / total, name))
-                out.update(evaluate(m, sets, self.spec.eval.batch_size, part,
-                                    max_per_set=self.spec.eval.max_per_set, subset_seed=self.spec.data_seed))
-            return out
+                found = evaluate_many({label: groups[i][g][0] for i, label in enumerate(labels)}, sets,
+                                      self.spec.eval.batch_size, part, max_per_set=self.spec.eval.max_per_set,
+                                      subset_seed=self.spec.data_seed, seconds=seconds)
+                for label in labels:
+                    out[label].update(found[label])
+            return out[""], {label: out[label] for label in extra}
 
         if clock is None or clock.active is not None:
             return run(progress)
-        corrupted, last = set(self.suite.corruptions), [time.perf_counter()]
+        corrupted, last, charged = set(self.suite.corruptions), [time.perf_counter()], [0.0]
 
         def report(fraction: float, name: str) -> None:
             now = time.perf_counter()
-            clock.add("corruption_eval" if name in corrupted else "clean_eval", now - last[0])
+            extras = sum(v for k, v in seconds.items() if k) - charged[0]  # the extra models' share
+            charged[0] += extras
+            if extra:
+                clock.add("extra_models", extras)
+            clock.add("corruption_eval" if name in corrupted else "clean_eval", now - last[0] - extras)
             last[0] = now
             progress(fraction, name)
 
@@ -374,7 +388,7 @@ def run_eval_pretrained(ws: Workspace, cell: Cell, deps: Deps, progress: Progres
     ws = ws.with_corruptions(cell.inputs_of("corruptions"))
     m0_key = cell.input("model")
     model = ws.model(m0_key)
-    per_set = ws.evaluate_all(model, progress)
+    per_set, _ = ws.evaluate_all(model, progress)
     per_set.update(reference_rows(ws, m0_key))
     acc = accuracies(per_set)
     summary = summarize(None, acc, acc, ws.suite)
@@ -402,13 +416,10 @@ def reference_rows(ws: Workspace, m0_key: str) -> Metrics:
     if ws.suite.class_map is not None:
         return evaluate(ws.start_model(m0_key), sets, ws.spec.eval.batch_size,
                         max_per_set=ws.spec.eval.max_per_set, subset_seed=ws.spec.data_seed)
-    out: Metrics = {}
-    for task in ws.suite.tasks:
-        probe, _ = ws.reference_model(m0_key, task)
-        found = evaluate(probe, sets, ws.spec.eval.batch_size, max_per_set=ws.spec.eval.max_per_set,
-                         subset_seed=ws.spec.data_seed)
-        out.update({row_names.probe(task, name): m for name, m in found.items()})
-    return out
+    probes = {task: ws.reference_model(m0_key, task)[0] for task in ws.suite.tasks}
+    found = evaluate_many(probes, sets, ws.spec.eval.batch_size, max_per_set=ws.spec.eval.max_per_set,
+                          subset_seed=ws.spec.data_seed)  # one pass over the data for every probe
+    return {row_names.probe(task, name): m for task, by_set in found.items() for name, m in by_set.items()}
 
 
 def reference_acc(baseline: Metrics, task: str, suite: Suite) -> dict[str, float]:
@@ -467,7 +478,8 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     its attack rows, and the rows of weight-space methods (``curve_rows``, ``merged_rows``)."""
     ws = ws.with_corruptions(cell.inputs_of("corruptions"))
     model = ws.model(cell.input("model"))
-    per_set = ws.evaluate_all(model, progress)
+    extras = extra_models(ws, cell, model) if "extra" in cell.config else {}
+    per_set, extra_sets = ws.evaluate_all(model, progress, extras)  # one pass over the data for all
     acc = accuracies(per_set)
     baseline = deps[cell.input("pretrained_eval")].metrics
     task = cell.labels["task"]
@@ -476,7 +488,7 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     summary = summarize(None if merged else task, acc, ref, ws.suite)
     if not merged:
         summary.update(id_ece=per_set[task]["ece"], id_nll=per_set[task]["nll"])
-    extra = curve_rows(ws, cell, model, ref, progress) if "extra" in cell.config else {}
+    extra = curve_rows(ws, task, extra_sets, ref)
     if "reference" in cell.config:
         extra.update(merged_rows(cell, acc, deps, summary))
     info: dict[str, Any] = {}
@@ -498,18 +510,24 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     return CellResult(metrics={**per_set, SUMMARY: summary}, info=info)
 
 
-def curve_rows(ws: Workspace, cell: Cell, model: Model, ref: dict[str, float], progress: Progress) -> Metrics:
-    """The method's ``extra_models`` (``config["extra"]``; WiSE-FT: ``curve(alpha)``), each evaluated
-    on every eval set: rows id_acc, R, P_acc against m0's accuracies ``ref``."""
-    ex, task = cell.config["extra"], cell.labels["task"]
+def extra_models(ws: Workspace, cell: Cell, model: Model) -> dict[str, Model]:
+    """The method's ``extra_models`` (``config["extra"]``; WiSE-FT: ``curve(alpha)``) of ``model``,
+    on the workspace's device, by row label."""
+    ex = cell.config["extra"]
     method = METHODS.create(ex["method"], **ex["params"])
     inputs = {n: ws.model(k) for n, k in zip(ex["inputs"], cell.inputs_of("extra"))}
-    out = {}
     with phase("extra_models"):
-        for label, m in method.extra_models(ws.start_model(cell.input("pretrained")), model, inputs).items():
-            a = accuracies(ws.evaluate_all(m.to(ws.device), progress))
-            s = summarize(task if task in ws.suite.tasks else None, a, ref, ws.suite)
-            out[label] = {k: s[k] for k in ("id_acc", "R", "P_acc") if k in s}
+        made = method.extra_models(ws.start_model(cell.input("pretrained")), model, inputs)
+        return {label: m.to(ws.device) for label, m in made.items()}
+
+
+def curve_rows(ws: Workspace, task: str, extra_sets: dict[str, Metrics], ref: dict[str, float]) -> Metrics:
+    """Rows id_acc, R, P_acc of each extra model (label -> its metrics on every eval set) against
+    m0's accuracies ``ref``."""
+    out = {}
+    for label, metrics in extra_sets.items():
+        s = summarize(task if task in ws.suite.tasks else None, accuracies(metrics), ref, ws.suite)
+        out[label] = {k: s[k] for k in ("id_acc", "R", "P_acc") if k in s}
     return out
 
 
