@@ -231,8 +231,8 @@ def test_spec_errors_name_the_field(tmp_path):
 
 def test_head_with_other_classes_needs_reset_head(tmp_path):
     net = raw_net(num_classes=5)
-    with pytest.raises(ConfigError, match=r"backbones\[0\]\.reset_head: the head of 'mine' has 5 classes but the suite "
-                                          r"has 3"):
+    with pytest.raises(ConfigError, match=r"backbones\[0\]\.reset_head: the head of 'mine' has 5 classes but the suite's "
+                                          r"pretraining domain has 3; set reset_head = true"):
         m0_of(spec_with(entry(tmp_path, net, kwargs={"num_classes": 5})))
     model = m0_of(spec_with(entry(tmp_path, net, kwargs={"num_classes": 5}, reset_head=True)))
     x = images()
