@@ -285,3 +285,14 @@ def test_a_run_crafts_transfer_examples_once_on_the_pretrained_model(tmp_path, m
         assert stored == [direct]
         checked += 1
     assert checked == 4
+
+
+def test_attack_rows_report_progress_through_every_attack_and_radius(tiny):
+    dom, seen = tiny.tasks["t1"], []
+    fgsm = {"name": "fgsm", "eps": [0.05], "subset": 20, "transfer": False, "check_masking": False, "params": {}}
+    attack_rows(mlp(1), dom, [PGD, fgsm], seed=0, source=mlp(0), progress=lambda f, what: seen.append((f, what)))
+    fractions = [f for f, _ in seen]
+    assert len(seen) == (2 + 1) + (1 + 1)  # per attack: its checks, then each radius
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [w for _, w in seen] == ["pgd_linf: gradient checks", "pgd_linf eps=0.05, transfer",
+                                    "pgd_linf eps=0.1, transfer", "fgsm: gradient checks", "fgsm eps=0.05"]

@@ -297,7 +297,8 @@ class Workspace:
         return features
 
     def attacked(self, model: Model, task: str, attacks: list[dict], info: dict[str, Any],
-                 source: Model | None = None, per_task: bool = False, source_key: str | None = None) -> Metrics:
+                 source: Model | None = None, per_task: bool = False, source_key: str | None = None,
+                 progress: Progress | None = None) -> Metrics:
         """Attack rows of ``model`` on ``task`` (evaluate.attacks.attack_rows); its gradient-masking
         warnings are added to ``info["masking_warnings"]``. ``source_key``: the cell key of the
         model transfer examples are crafted on (``source``, or ``model`` itself when None); they
@@ -305,7 +306,7 @@ class Workspace:
         with phase("attacks"):
             report = attack_rows(model, self.suite.tasks[task], attacks, self.spec.data_seed,
                                  task=task if per_task else None, source=source,
-                                 cache=TransferCache(self.artifacts), source_key=source_key)
+                                 cache=TransferCache(self.artifacts), source_key=source_key, progress=progress)
         if report.checked:
             info.setdefault("masking_warnings", []).extend(report.warnings)
         return report.rows
@@ -401,7 +402,8 @@ def run_eval_pretrained(ws: Workspace, cell: Cell, deps: Deps, progress: Progres
     if cell.config["attacks"]:
         for task in ws.suite.tasks:
             ref, ref_key = ws.reference_model(m0_key, task)
-            attacked.update(ws.attacked(ref, task, cell.config["attacks"], info, per_task=True, source_key=ref_key))
+            attacked.update(ws.attacked(ref, task, cell.config["attacks"], info, per_task=True, source_key=ref_key,
+                                        progress=progress))
     summary.update(robust_summary(attacked))
     return CellResult(metrics={**per_set, **attacked, SUMMARY: summary}, info=info)
 
@@ -495,7 +497,7 @@ def run_evaluate(ws: Workspace, cell: Cell, deps: Deps, progress: Progress) -> C
     attacks = cell.config["attacks"]
     if attacks:
         source, source_key = ws.reference_model(cell.input("pretrained"), task)
-        attacked = ws.attacked(model, task, attacks, info, source=source, source_key=source_key)
+        attacked = ws.attacked(model, task, attacks, info, source=source, source_key=source_key, progress=progress)
     else:
         attacked = {}
     summary.update(robust_summary(attacked))

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -107,14 +107,23 @@ def check_attack(name: str, eps: Sequence[float], params: Mapping[str, Any]) -> 
 
 def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str, Any]], seed: int,
                 task: str | None = None, source: Classifier | None = None, cache: ExampleCache | None = None,
-                source_key: str | None = None) -> AttackReport:
+                source_key: str | None = None, progress: Callable[[float, str], None] | None = None
+                ) -> AttackReport:
     """Every attack of ``attacks`` (entries of a spec's ``attacks``: name, eps, subset,
     transfer, check_masking, params) on ``model`` over ``domain``'s test split, seeded by ``seed``.
 
     ``source``: the model transfer examples are crafted on. ``cache`` and ``source_key`` (the
     cell key of ``source``, or of ``model`` itself when ``source`` is None): keep those
-    examples, crafted once (module docstring)."""
+    examples, crafted once (module docstring). ``progress(fraction, what)``: after the checks of
+    each attack and after each of its radii (a progress bar that moves during the attacks)."""
     out = AttackReport()
+    steps, done = sum(len(a["eps"]) + 1 for a in attacks), [0]
+
+    def step(what: str) -> None:
+        done[0] += 1
+        if progress is not None:
+            progress(done[0] / steps, what + (f" ({task})" if task else ""))
+
     test_split = domain.test
     precision = current_compute().precision
     device = model_device(model, torch.device("cpu"))
@@ -137,6 +146,7 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
         if not spec.blackbox:
             with phase("masking_checks"), autocast(precision, device):
                 flat = zero_gradient_fraction(model, test.images, test.labels, class_subset=domain.class_subset)
+        step(f"{a['name']}: gradient checks")
         for eps in a["eps"]:
             kw = dict(subset=None, seed=seed, class_subset=domain.class_subset, options=None, **a["params"])
             r, x_adv = _robust(model, test.images, test.labels, a["name"], eps, dict(a["params"]), None, None, seed,
@@ -146,6 +156,7 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
                 row.update(zero_grad_frac=flat, masked=float(flat > MASKED_ZERO_GRAD))
             out.rows[rows.attack(a["name"], eps, task)] = row
             if not a["transfer"]:
+                step(f"{a['name']} eps={eps:g}")
                 continue
             key = (transfer_key(source_key, domain.name, a, eps, seed, test.images, test.labels,
                                 domain.class_subset, precision) if caching else None)
@@ -153,6 +164,7 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
                 if key is not None and not _fits(cache.get(key), test.images):
                     with phase("save"):
                         cache.put(key, {"x_adv": x_adv})
+                step(f"{a['name']} eps={eps:g}")
                 continue
             entry = cache.get(key) if key is not None else None
             if _fits(entry, test.images):
@@ -165,6 +177,7 @@ def attack_rows(model: Classifier, domain: Domain, attacks: Sequence[Mapping[str
             robust = transfer_accuracy({"target": model}, test.images, test.labels, crafted,
                                        class_subset=domain.class_subset)["target"]
             out.rows[rows.transfer(a["name"], eps)] = {"robust_acc": robust}
+            step(f"{a['name']} eps={eps:g}, transfer")
     return out
 
 
