@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
@@ -195,35 +195,89 @@ def wilson_by_column(rows: list[dict[str, Any]], layout: dict[str, Any]) -> dict
     return dict(out)
 
 
-def inheritance_matrix(rows: list[dict[str, Any]], layout: dict[str, Any], backbone: str, recipe: str,
-                       method: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray] | None:
-    """Fine-tuning tasks (rows) by eval-set columns for one method.
+def probe_accuracy(rows: list[dict[str, Any]], layout: dict[str, Any]) -> dict[tuple, dict[tuple[str, str], float]]:
+    """(backbone, recipe) -> (task t, column) -> accuracy of m0 with the linear probe fitted on t
+    (rows ``probe/<t>/<eval set>``, ``core.rows.probe``; mean over seeds, and over every
+    corruption and severity for the corruptions column). Empty for a suite of one label space,
+    or one whose pretraining domain's classes map to the tasks' (``class_map``)."""
+    corr = set(layout.get("corruptions", {}))
+    columns = set(layout_columns(layout))
+    vals: dict[tuple, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _valued(rows):
+        parsed = names.parse_probe(r["eval_set"]) if r["metric"] == ACCURACY and r["method"] == PRETRAINED else None
+        if parsed is None:
+            continue
+        task, e = parsed
+        col = CORRUPTIONS if e in corr else e
+        if col in columns:
+            vals[(r["backbone"], r["recipe"])][(task, col)].append(r["value"])
+    return {k: {tc: float(np.mean(v)) for tc, v in per.items()} for k, per in vals.items()}
 
-    Returns ``(tasks, columns, acc, base)``: ``acc[i, j]`` the accuracy of the model adapted
-    on ``tasks[i]`` on ``columns[j]``, ``base[j]`` that of m0 (NaN where not measured).
-    None when the method has no evaluated task here.
-    """
+
+def m0_row(rows: list[dict[str, Any]], layout: dict[str, Any], backbone: str, recipe: str) -> tuple[dict[str, float], set[str]]:
+    """(column -> m0's accuracy as its one row in the reports shows it, the probed columns).
+
+    m0's own rows; on the columns of the tasks' label space where m0 is measured through a
+    linear probe per task (``probe_accuracy``), the mean over the tasks t != column of the
+    probe fitted on t (on a task's own column, only probes fitted on *other* tasks)."""
+    own = dict(accuracy_by_column(rows, layout).get((backbone, recipe, PRETRAINED, None), {}))
+    by_col: dict[str, list[float]] = defaultdict(list)
+    for (t, col), v in probe_accuracy(rows, layout).get((backbone, recipe), {}).items():
+        if t != col:
+            by_col[col].append(v)
+    own.update({c: float(np.mean(v)) for c, v in by_col.items()})
+    return own, set(by_col)
+
+
+class Inheritance(NamedTuple):
+    """One method's inheritance matrix (``inheritance_matrix``).
+
+    ``acc[i, j]``: accuracy of the model adapted on ``tasks[i]`` on ``columns[j]``; ``base[j]``:
+    m0's one row (``m0_row``); ``ref[i, j]``: the reference the change of ``acc[i, j]`` is
+    taken against, the very one of the summary's ΔR: m0's row, except on ``probed`` columns,
+    where it is m0 with the linear probe fitted on ``tasks[i]`` (NaN where not measured)."""
+
+    tasks: list[str]
+    columns: list[str]
+    acc: np.ndarray
+    base: np.ndarray
+    ref: np.ndarray
+    probed: set[str]
+
+
+def inheritance_matrix(rows: list[dict[str, Any]], layout: dict[str, Any], backbone: str, recipe: str,
+                       method: str) -> Inheritance | None:
+    """Fine-tuning tasks (rows) by eval-set columns for one method (``Inheritance``); None when
+    the method has no evaluated task here."""
     acc = accuracy_by_column(rows, layout)
     columns = layout_columns(layout)
     tasks = [t for t in layout["tasks"] if (backbone, recipe, method, t) in acc]
     if not tasks:
         return None
-    base_row = acc.get((backbone, recipe, PRETRAINED, None), {})
+    base_row, probed = m0_row(rows, layout, backbone, recipe)
     base = np.array([base_row.get(c, math.nan) for c in columns])
+    probes = probe_accuracy(rows, layout).get((backbone, recipe), {})
+    ref = np.array([[probes.get((t, c), math.nan) if c in probed else base_row.get(c, math.nan) for c in columns]
+                    for t in tasks])
     mat = np.array([[acc[(backbone, recipe, method, t)].get(c, math.nan) for c in columns] for t in tasks])
-    return tasks, columns, mat, base
+    return Inheritance(tasks, columns, mat, base, ref, probed)
 
 
 def radar_values(rows: list[dict[str, Any]], layout: dict[str, Any], backbone: str,
                  recipe: str) -> tuple[list[str], dict[str, list[float]]]:
     """Per method, mean accuracy on each column over its fine-tuning tasks; on a task's own
     column only models adapted to *other* tasks count (so every axis is out-of-distribution
-    for adapted models). m0 (``pretrained``) has one value per column."""
+    for adapted models). m0 (``pretrained``) has one value per column (``m0_row``)."""
     acc = accuracy_by_column(rows, layout)
     columns = layout_columns(layout)
     tasks = set(layout["tasks"])
     out: dict[str, list[float]] = {}
     for m in method_order(rows):
+        if m == PRETRAINED:
+            row, _ = m0_row(rows, layout, backbone, recipe)
+            if row:
+                out[m] = [row.get(c, math.nan) for c in columns]
+            continue
         per_task = {t: v for (b, rc, mm, t), v in acc.items() if (b, rc, mm) == (backbone, recipe, m)}
         if not per_task:
             continue
@@ -271,6 +325,50 @@ def attack_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, dict[str,
     for (b, rc, a, m, eps), v in vals.items():
         out[(b, rc)][a].setdefault(m, []).append((eps, float(np.mean(v))))
     return _sorted_points(out)
+
+
+MASKED, ZERO_GRAD = "masked", "zero_grad_frac"  # the gradient-masking mark of a white-box attack row
+
+
+@dataclass(frozen=True)
+class MaskingMark:
+    """The gradient-masking marks of the white-box attack rows behind one robust accuracy:
+    ``checked`` rows carry the mark (runs stored before it have none), ``marked`` of them
+    have ``masked`` = 1.0 (more than half of their attacked images with a zero or non-finite
+    input gradient), ``zero_grad_frac``: the mean share of such images over the marked rows."""
+
+    marked: int
+    checked: int
+    zero_grad_frac: float = math.nan
+
+    @property
+    def suspect(self) -> bool:
+        return self.marked > 0
+
+
+def masking_marks(rows: Iterable[dict[str, Any]], by_budget: bool = False) -> dict[tuple, MaskingMark]:
+    """(backbone, recipe, method) -> ``MaskingMark`` over its white-box attack rows (every task,
+    seed, attack and budget: the rows a summary's ``robust_acc`` averages); with ``by_budget``,
+    (backbone, recipe, method, attack, eps) -> the mark of the rows of that one budget. Only
+    models with some row carrying the mark are keys."""
+    found: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for r in _valued(rows):
+        if r["metric"] not in (MASKED, ZERO_GRAD) or not is_model_row(r):
+            continue
+        a = names.parse_attack(r["eval_set"])
+        if a is None or a.transfer:
+            continue
+        found[(r["backbone"], r["recipe"], r["method"], a.name, a.eps, r["task"], a.task, r["seed"])][r["metric"]] = r["value"]
+    per: dict[tuple, list[dict[str, float]]] = defaultdict(list)
+    for k, v in found.items():
+        if MASKED in v:
+            per[k[:5] if by_budget else k[:3]].append(v)
+    out = {}
+    for k, marks in per.items():
+        hit = [m for m in marks if m[MASKED] >= 0.5]
+        fracs = [m[ZERO_GRAD] for m in hit if ZERO_GRAD in m]
+        out[k] = MaskingMark(len(hit), len(marks), float(np.mean(fracs)) if fracs else math.nan)
+    return out
 
 
 def wise_ft_curves(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, list[tuple[float, float, float]]]]:

@@ -24,6 +24,7 @@ MISSING = "–"  # a cell without a value
 ONE_RUN = "n/a: one run"  # in place of an interval over a single (task, seed) run
 TOO_FEW = "too few to tell"  # in place of an interval and p-value that too few units cannot support
 M0_LABEL = "m0 (pretrained)"
+MASK_MARK = "†"  # after a robust accuracy whose attack rows are suspect of gradient masking
 OWN_TASK_MARK = "*"  # before an inheritance table's cell of the fine-tuning task itself
 
 
@@ -141,8 +142,13 @@ DIAGNOSTICS: tuple[Metric, ...] = (  # metrics of the diag/summary rows
       for s, images in _IMAGES.items()),
     Metric("mutual_knn_features/pretrain", "mkNN pretrain", RATIO, HIGHER,
            "mutual k-nearest-neighbour alignment of the features on pretraining test images"),
-    Metric("task_vector_relative_norm", "‖τ‖/‖θ0‖", RATIO, None,
-           "task-vector norm relative to the pretrained weights' norm"),
+    Metric("task_vector_relative_norm_backbone", "‖τ‖/‖θ0‖ backbone", RATIO, None,
+           "task-vector norm of the backbone relative to the pretrained backbone's norm (the head left out)"),
+    Metric("task_vector_relative_norm_head", "‖τ‖/‖θ0‖ head", RATIO, None,
+           "task-vector norm of the head relative to the pretrained head's norm"),
+    Metric("task_vector_relative_norm", "‖τ‖/‖θ0‖ incl. head", RATIO, None,
+           "task-vector norm relative to the pretrained weights' norm, the head included (runs stored before "
+           "the backbone and head parts were)"),
     *(Metric(f"loss_barrier/{s}", f"barrier {s}", NATS, LOWER, f"loss barrier (nats) on the linear path m0 → adapted, "
              f"on {images}") for s, images in _IMAGES.items()),
     Metric("filter_kl", "filter KL", RATIO, None, "mean KL shift of the 3x3 convolution filters' distribution"),

@@ -39,7 +39,7 @@ from .plots import SECTIONS, Plot, build_plots, figure_svg, write_figures
 from .prediction import prediction_section
 from .rundata import RunData, RunSource, as_run
 from .tables import (Cell, Table, backbone_names, cell_label, cost_table, diagnostics_table, has_wilson,
-                     inheritance_tables, merged_table, summary_table)
+                     inheritance_tables, label_space_line, merged_table, summary_table)
 
 REPORT_FILE = "report.html"
 SORT_HINT = "Click a column header to sort (by the mean); rows without a value go last."
@@ -142,8 +142,9 @@ def table_html(t: Table, table_id: str | None = None) -> str:
         cls = t.row_classes[i] if i < len(t.row_classes) else ""
         body.append(f"<tr{_attrs(cls=cls)}>" + "".join(_cell_html(v, j < t.label_columns) for j, v in enumerate(r))
                     + "</tr>")
+    notes = "".join(f'<p class="note table-note">{escape(n)}</p>' for n in t.notes)
     return (f'<div class="table-wrap"><table{_attrs(cls="sortable", id=table_id or t.table_id)}><thead><tr>{head}</tr>'
-            f"</thead><tbody>{''.join(body)}</tbody></table></div>")
+            f"</thead><tbody>{''.join(body)}</tbody></table></div>{notes}")
 
 
 def summary_html(run: RunData) -> str:
@@ -281,6 +282,9 @@ def render_html(run: RunData, plots: list[Plot]) -> str:
             f"seeds {escape(', '.join(map(str, spec.get('seeds') or [])))}. "
             f"{n_done} cells done, {n_failed} failed. Made by ribench {escape(str(run.env.get('ribench', '')))} from "
             f"<code>results.sqlite</code>.")
+    space = label_space_line(run.layout)
+    if space:
+        lead += f'</p><p class="lead" id="label-space">{escape(space)}'
     nav = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in sections)
     title = f"ribench report: {run.name}"

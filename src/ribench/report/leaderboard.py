@@ -16,6 +16,14 @@ tasks and seeds: never an average over budgets or attacks.
 The fields, their units and leaderboard.md's columns are those of ``catalogue.SUMMARY_METRICS``
 with a ``board`` name; the numbers are ``aggregate.summarize_methods``'s, as in the reports.
 
+``pretrain_domain``: the name of the pretraining domain (the run's layout) that ``pretrain_acc``
+and ``delta_P`` are measured on.
+
+``gradient_masking_suspected`` (entries, references and robustness rows of models attacked
+by a white-box attack, in runs that store the mark): true when some attack row behind the
+robust accuracy has ``masked`` = 1.0 (``aggregate.masking_marks``); leaderboard.md puts
+``†`` after such a robust accuracy. Runs stored before the mark have no such field.
+
 Entries are sorted by ``SORT_KEY``: OOD robustness R (descending), then clean (ID)
 accuracy (descending), then the model name.
 """
@@ -29,10 +37,11 @@ from typing import Any
 
 from . import aggregate as agg
 from . import catalogue
-from .catalogue import LOWER, MISSING, Metric
+from .catalogue import LOWER, MASK_MARK, MISSING, Metric
 from ..core import rows as names
 from .rundata import RunSource, as_run
 
+MASKING_FIELD = "gradient_masking_suspected"  # true when a white-box attack row behind the robust accuracy is marked
 SORT_KEY = ("ood_robustness desc", "clean_acc desc", "model asc")
 COUNTS = (("n_tasks", "tasks"), ("n_seeds", "seeds"))
 ROBUSTNESS_SORT_KEY = ("threat_model asc", "eps asc", "attack asc", "robust_acc desc", "model asc")
@@ -118,10 +127,13 @@ def leaderboard_entries(rows: list[dict[str, Any]], configs: Configs | None = No
     numbers are those of ``robustness_rows``, one per budget."""
     entries, refs = [], []
     budgets = _budgets(rows)
+    marks = agg.masking_marks(rows)
     for s in agg.summarize_methods(rows):
         key = (s.backbone, s.recipe, s.method)
         base = {"model": f"{s.backbone}/{s.recipe}/{s.method}", "backbone": s.backbone, "recipe": s.recipe,
                 "method": s.method, **(configs or {}).get(key, {})}
+        if key in marks:
+            base[MASKING_FIELD] = marks[key].suspect
         if s.method == agg.PRETRAINED:
             refs.append({**base, **_one_budget(_fields(s.stats, reference=True), key, budgets)})
             continue
@@ -179,6 +191,7 @@ def robustness_rows(rows: list[dict[str, Any]], entries: list[dict[str, Any]] = 
         unit = (r["task"] if r["task"] is not None else parsed.task, r["seed"])
         found.setdefault(key, {}).setdefault(metric, {})[unit] = r["value"]
     by_model = {e["model"]: e for e in entries}
+    marks = agg.masking_marks(rows, by_budget=True)
     out = []
     for (backbone, recipe, method, attack, eps), metrics in found.items():
         if "robust_acc" not in metrics:  # transfer rows alone: no attack on the model itself
@@ -201,6 +214,8 @@ def robustness_rows(rows: list[dict[str, Any]], entries: list[dict[str, Any]] = 
         if "transfer_robust_acc" in metrics:
             row["transfer_robust_acc"] = catalogue.PERCENT.rounded(
                 _mean(list(metrics["transfer_robust_acc"].values())))
+        if (backbone, recipe, method, attack, eps) in marks:
+            row[MASKING_FIELD] = marks[(backbone, recipe, method, attack, eps)].suspect
         entry = by_model.get(model, {})
         row.update({field: entry[src] for src, field in RIB_FIELDS if src in entry})
         row["n_tasks"] = len({t for t, _ in robust if t is not None})
@@ -220,6 +235,8 @@ def leaderboard(source: RunSource) -> dict[str, Any]:
     doc = {"benchmark": "ribench", "protocol": "robustness inheritance (ImageNet-RIB)", "run": run.name,
            "suite": run.suite.name if run.spec.get("suite_file") else run.spec.get("suite"), "sort_key": list(SORT_KEY), "units": units(),
            "entries": entries, "pretrained": refs}
+    if run.layout.get("pretrain"):
+        doc["pretrain_domain"] = run.layout["pretrain"]
     robustness = robustness_rows(run.rows, entries + refs, configs)
     if robustness:
         doc["robustness_sort_key"] = list(ROBUSTNESS_SORT_KEY)
@@ -233,8 +250,15 @@ def _cell(e: dict[str, Any], m: Metric) -> str:
         return MISSING
     decimals = 0 if m.unit.grouped else m.unit.decimals + 1
     text = format(v, f"{'+' if m.unit.signed else ''}{',' if m.unit.grouped else ''}.{decimals}f")
+    if m.board == "robust_acc" and e.get(MASKING_FIELD):
+        text += MASK_MARK
     sd = e.get(f"{m.board}_std")
     return f"{text} ± {sd:.{decimals}f}" if sd else text
+
+
+MASKING_NOTE = (f"{MASK_MARK} gradient masking suspected (`{MASKING_FIELD}`): more than half of the attacked images "
+                "of some attack row behind this robust accuracy have a zero input gradient; the robust accuracy "
+                "overstates robustness.")
 
 
 def leaderboard_markdown(doc: dict[str, Any]) -> str:
@@ -243,10 +267,14 @@ def leaderboard_markdown(doc: dict[str, Any]) -> str:
     fields = [m for m in board_metrics() if any(m.board in e for e in entries)]
     headers = ["rank", "model", *(m.board_column for m in fields), *(h for _, h in COUNTS)]
     lines = [f"Leaderboard of `{doc['run']}` (suite `{doc['suite']}`): sorted by OOD robustness R, then clean "
-             "(ID) accuracy; mean ± std over tasks and seeds; ΔR and ΔP in points against the pretrained model.", "",
+             "(ID) accuracy; mean ± std over tasks and seeds; ΔR and ΔP in points against the pretrained model"
+             + (f"; P acc and ΔP on the pretraining domain `{doc['pretrain_domain']}`" if doc.get("pretrain_domain") else "")
+             + ".", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join([str(e["rank"]), e["model"], *(_cell(e, m) for m in fields),
                                  *(str(e[k]) for k, _ in COUNTS)]) + " |" for e in entries]
+    if any(e.get(MASKING_FIELD) and "robust_acc" in e for e in entries):
+        lines += ["", MASKING_NOTE]
     if doc.get("robustness"):
         lines += ["", *_robustness_markdown(doc["robustness"])]
     return "\n".join(lines) + "\n"
@@ -268,8 +296,11 @@ def _robustness_markdown(rows: list[dict[str, Any]]) -> list[str]:
              "the pretrained model on the same images.", "",
              "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for r in rows:
-        cells = [format(r[k], f) if k in r else MISSING for k, _, f in cols]
+        cells = [format(r[k], f) + (MASK_MARK if k == "robust_acc" and r.get(MASKING_FIELD) else "")
+                 if k in r else MISSING for k, _, f in cols]
         lines.append("| " + " | ".join([r["model"], *cells, *(str(r.get(k, MISSING)) for k, _ in COUNTS)]) + " |")
+    if any(r.get(MASKING_FIELD) for r in rows):
+        lines += ["", MASKING_NOTE]
     return lines
 
 

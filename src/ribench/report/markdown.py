@@ -24,6 +24,7 @@ from .tables import (
     failures_table,
     has_wilson,
     inheritance_tables,
+    label_space_line,
     merged_table,
     summary_table,
 )
@@ -34,6 +35,8 @@ REPORT_FILE = "report.md"
 def _md(t: Table) -> str:
     lines = [f"### {t.title}", "", "| " + " | ".join(t.headers) + " |", "|" + "---|" * len(t.headers)]
     lines += ["| " + " | ".join(r) + " |" for r in t.rows]
+    if t.notes:
+        lines += ["", *(f"{n}  " for n in t.notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -76,6 +79,7 @@ def render_markdown(run: RunData) -> str:
              f"{suite_markdown(run)}, backbones {', '.join(backbone_names(spec))}, recipes {', '.join(run.recipes)}, "
              f"seeds {spec.get('seeds')}. {sum(c['status'] == 'done' for c in cells)} cells done, "
              f"{sum(c['status'] == 'failed' for c in cells)} failed.", "",
+             *([label_space_line(run.layout, "`"), ""] if label_space_line(run.layout) else []),
              "## Summary per method", "", GUIDE["summary"], "", "How to read the columns:", "",
              *(f"- *{h}*: {text}" for h, text in summary.column_notes()), "", _md(summary)]
     if run.layout:

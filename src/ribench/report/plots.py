@@ -25,7 +25,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from . import aggregate as agg
-from .catalogue import method_label, predictor_title
+from .catalogue import MASK_MARK, method_label, predictor_title
 from .prediction import correlation_text
 from ..core.rows import TRAIN_LOSS, VAL_ACC
 from .rundata import FIGURE_INDEX, FIGURES_DIR, RunData, load_run, read_figure_index
@@ -87,34 +87,37 @@ def _pct(x: float) -> float:
 # --- single figures -------------------------------------------------------------------
 def inheritance_figure(run: RunData, backbone: str, recipe: str, methods: list[str]) -> Figure | None:
     """One heatmap per method: fine-tuning task (rows) by eval set (columns), coloured by
-    the change from m0 (points), each cell showing accuracy and change; the top row is m0."""
+    the change from m0 (points; on the columns m0 is measured through a linear probe per
+    task, from the probe fitted on the row's task: ``aggregate.Inheritance.ref``), each
+    cell showing accuracy and change; the top row is m0 (``aggregate.m0_row``)."""
     mats = []
     for m in methods:
         res = agg.inheritance_matrix(run.rows, run.layout, backbone, recipe, m)
         if res is not None:
-            mats.append((m, *res))
+            mats.append((m, res))
     if not mats:
         return None
-    deltas = np.concatenate([(acc - base).ravel() for _, _, _, acc, base in mats])
+    deltas = np.concatenate([(res.acc - res.ref).ravel() for _, res in mats])
     lim = max(1.0, float(np.nanmax(np.abs(deltas))) * 100.0) if np.isfinite(deltas).any() else 1.0
     norm = TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim)
-    n_cols = len(mats[0][2])
+    n_cols = len(mats[0][1].columns)
     panel_w = 1.0 + 0.78 * n_cols
     ncols = 2 if len(mats) > 1 and panel_w <= 6.0 else 1
     nrows = math.ceil(len(mats) / ncols)
-    heights = [0.45 * (len(t) + 1) + 0.9 for _, t, _, _, _ in mats]
+    heights = [0.45 * (len(res.tasks) + 1) + 0.9 for _, res in mats]
     fig = Figure(figsize=(panel_w * ncols + 1.0, sum(heights[::ncols]) + 0.3 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     im = None
-    for ax, (m, tasks, columns, acc, base) in zip(axes.ravel(), mats):
-        delta = np.vstack([np.full_like(base, np.nan), (acc - base) * 100.0])
+    for ax, (m, res) in zip(axes.ravel(), mats):
+        tasks, columns, acc, base = res.tasks, res.columns, res.acc, res.base
+        delta = np.vstack([np.full_like(base, np.nan), (acc - res.ref) * 100.0])
         # pcolormesh, not imshow: vector cells in SVG (imshow would embed a raster image)
         im = ax.pcolormesh(np.arange(delta.shape[1] + 1) - 0.5, np.arange(delta.shape[0] + 1) - 0.5,
                            np.ma.masked_invalid(delta), cmap=_cmap(), norm=norm)
         ax.set_xlim(-0.5, delta.shape[1] - 0.5)
         ax.set_ylim(delta.shape[0] - 0.5, -0.5)
         values = np.vstack([base, acc])
-        labels = ["m0"] + tasks
+        labels = ["m0 (probe)" if res.probed else "m0"] + tasks
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
                 v = values[i, j]
@@ -185,9 +188,13 @@ def radar_figure(run: RunData, backbone: str, recipe: str, colors: dict[str, str
 
 
 def _curves_figure(curves: dict[str, dict[str, list]], colors: dict[str, str], methods: list[str], title: str,
-                   xlabel: str, ylabel: str, panel_title: str, log_x: bool = False) -> Figure | None:
+                   xlabel: str, ylabel: str, panel_title: str, log_x: bool = False,
+                   marked: frozenset = frozenset()) -> Figure | None:
+    """One panel per curve name, one line per method. ``marked``: (name, method, x) points
+    suspect of gradient masking, ringed in red, their method's label followed by ``†``."""
     if not curves:
         return None
+    flagged = {m for _, m, _ in marked}
     names = sorted(curves, key=lambda n: (n.endswith("(transfer from m0)"), n))  # white-box before transfer
     ncols = min(4, len(names))
     nrows = math.ceil(len(names) / ncols)
@@ -197,7 +204,12 @@ def _curves_figure(curves: dict[str, dict[str, list]], colors: dict[str, str], m
         for m in [m for m in methods if m in curves[name]]:
             pts = curves[name][m]
             ax.plot([p[0] for p in pts], [_pct(p[1]) for p in pts], marker="o", markersize=3,
-                    color=colors.get(m, "#444444"), label=method_label(m), **_style_for(m))
+                    color=colors.get(m, "#444444"), label=method_label(m) + (MASK_MARK if m in flagged else ""),
+                    **_style_for(m))
+            ring = [p for p in pts if (name, m, p[0]) in marked]
+            if ring:
+                ax.plot([p[0] for p in ring], [_pct(p[1]) for p in ring], linestyle="none", marker="o",
+                        markersize=9, markerfacecolor="none", markeredgecolor="#d62728", markeredgewidth=1.4)
         ax.set_title(panel_title.format(name))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -513,6 +525,24 @@ CAPTIONS = {
                 "the mean over its fine-tuning tasks and seeds; the band spans the lowest to the highest (task, seed) "
                 "value. Closed-form and training-free methods have no curve.",
 }
+MASKED_CAPTION = (f"Ringed in red, and {MASK_MARK} after the method: gradient masking suspected (more than half of "
+                  "the attacked images of some row averaged there have a zero input gradient); that robust accuracy "
+                  "overstates robustness.")
+PROBE_CAPTION = ("Top row m0 (probe): on the tasks' label space m0 is measured through a linear probe per task; per "
+                 "column, the mean over the probes fitted on the other tasks; each row's change is against the probe "
+                 "fitted on its own task.")
+
+
+def masked_points(rows: list[dict]) -> dict[tuple, frozenset]:
+    """(backbone, recipe) -> the (attack, method, eps) points of ``aggregate.attack_curves`` whose
+    rows include one marked ``masked`` (``aggregate.masking_marks`` by budget)."""
+    out: dict[tuple, set] = {}
+    for (b, rc, m, attack, eps), mark in agg.masking_marks(rows, by_budget=True).items():
+        if mark.suspect:
+            out.setdefault((b, rc), set()).add((attack, m, eps))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
 TITLES = {"inheritance": "Inheritance matrices", "radar": "Accuracy per eval set",
           "corruptions": "Corruption breakdown", "attacks": "Robust accuracy", "wise_ft": "WiSE-FT curves", "inside": "Layer-by-layer similarity with m0",
           "training": "Training curves"}
@@ -542,15 +572,20 @@ def build_plots(run: RunData) -> list[Plot]:
                     "accuracy (%)", "{}"))),
             ]
         attacks = agg.attack_curves(run.rows)
+        masked = masked_points(run.rows)
         per_group.append(("attacks", lambda b, rc: _curves_figure(
             attacks.get((b, rc), {}), colors, methods, f"{b} / {rc}: robust accuracy under attack", "ε (attack budget)",
-            "robust accuracy (%)", "{}")))
+            "robust accuracy (%)", "{}", marked=masked.get((b, rc), frozenset()))))
         for section, draw in per_group:
             for b, rc in agg.backbone_recipes(run.rows):
                 fig = draw(b, rc)
                 if fig is not None:
-                    plots.append(Plot(_slug(section, b, rc), section, f"{TITLES[section]}: {b} / {rc}",
-                                      CAPTIONS[section], fig))
+                    caption = CAPTIONS[section]
+                    if section == "attacks" and masked.get((b, rc)):
+                        caption += " " + MASKED_CAPTION
+                    elif section == "inheritance" and agg.m0_row(run.rows, run.layout, b, rc)[1]:
+                        caption += " " + PROBE_CAPTION
+                    plots.append(Plot(_slug(section, b, rc), section, f"{TITLES[section]}: {b} / {rc}", caption, fig))
         summaries = agg.summarize_methods(run.rows)
         scatters = []
         for b in sorted({s.backbone for s in summaries}, key=str):

@@ -26,6 +26,7 @@ from . import aggregate as agg
 from . import catalogue
 from .catalogue import (
     DIAGNOSTICS,
+    MASK_MARK,
     MISSING,
     ONE_RUN,
     OWN_TASK_MARK,
@@ -59,7 +60,8 @@ class Cell(str):
 class Table:
     """``headers`` and ``rows`` (str or ``Cell``); the first ``label_columns`` are labels.
     ``tooltips``: one per header ("" for none); ``row_classes``: one per row (report.html
-    marks the m0 rows); ``table_id``: its id in report.html."""
+    marks the m0 rows); ``table_id``: its id in report.html; ``notes``: footnotes (the
+    gradient-masking marks, what m0's row holds), printed below the table by every report."""
 
     title: str
     headers: list[str]
@@ -68,10 +70,31 @@ class Table:
     tooltips: list[str] = field(default_factory=list)
     row_classes: list[str] = field(default_factory=list)
     table_id: str = ""
+    notes: list[str] = field(default_factory=list)  # footnotes, printed below the table
 
     def column_notes(self) -> list[tuple[str, str]]:
         """(header, tooltip) of every non-label column with a tooltip: the reading guide of its columns."""
         return [(h, t) for h, t in list(zip(self.headers, self.tooltips))[self.label_columns:] if t]
+
+
+ROBUST_ACC = "robust_acc"  # the summary metric the gradient-masking mark applies to
+
+
+def masked_cell(cell: Cell) -> Cell:
+    """``cell`` with ``MASK_MARK`` after its mean."""
+    return Cell(cell.main + MASK_MARK, cell.spread, cell.value, cell.sign)
+
+
+def masking_note(what: str, mark: agg.MaskingMark) -> str:
+    """The footnote of a marked robust accuracy (``aggregate.masking_marks``): one attack row,
+    or a mean over several of which ``mark.marked`` are marked."""
+    share = f"{PERCENT.text(mark.zero_grad_frac)}%" if math.isfinite(mark.zero_grad_frac) else "most"
+    if mark.checked == 1:
+        return (f"{MASK_MARK} {what}: gradient masking suspected: {share} of the attacked images have a zero input "
+                "gradient; the robust accuracy overstates robustness.")
+    return (f"{MASK_MARK} {what}: gradient masking suspected in {mark.marked} of the {mark.checked} attack rows this "
+            f"mean averages ({share} of their attacked images have a zero input gradient); the robust accuracy "
+            "overstates robustness.")
 
 
 def stat_cell(stat: agg.Stat | None, unit: Unit, spread: str = INTERVAL) -> Cell:
@@ -112,17 +135,24 @@ def summary_table(rows: list[dict[str, Any]], compact: bool = False) -> Table:
     headers = ["backbone", "recipe", "method", *(h for h, _ in counts), *(m.header for m in metrics)]
     tooltips = ["backbone architecture", "pretraining recipe of m0", "adaptation method", *(t for _, t in counts),
                 *(m.guide for m in metrics)]
-    body = []
+    body, notes = [], []
+    marks = agg.masking_marks(rows)
     for s in summaries:
         cells = [s.backbone, s.recipe, method_label(s.method)]
         if not compact:
             cells += [Cell(str(len(v)), value=len(v)) if v else Cell(MISSING) for v in (s.tasks, s.seeds)]
         spread = NONE if compact else INTERVAL
-        cells += [stat_cell(s.stats.get(m.name), m.unit, spread if m.interval else NONE) for m in metrics]
+        for m in metrics:
+            cell = stat_cell(s.stats.get(m.name), m.unit, spread if m.interval else NONE)
+            mark = marks.get(s.key) if m.name == ROBUST_ACC else None
+            if mark is not None and mark.suspect and cell.value is not None:
+                cell = masked_cell(cell)
+                notes.append(masking_note(f"{s.backbone}/{s.recipe}/{method_label(s.method)}", mark))
+            cells.append(cell)
         body.append(cells)
     what = "mean over tasks and seeds" if compact else "mean [95% t-interval] over (task, seed) runs"
     return Table(f"Summary (accuracies in %, {what})", headers, body, tooltips=tooltips, table_id="summary-table",
-                 row_classes=["m0" if s.method == agg.PRETRAINED else "" for s in summaries])
+                 row_classes=["m0" if s.method == agg.PRETRAINED else "" for s in summaries], notes=notes)
 
 
 def inheritance_tables(rows: list[dict[str, Any]], layout: dict[str, Any]) -> list[Table]:
@@ -138,15 +168,28 @@ def inheritance_tables(rows: list[dict[str, Any]], layout: dict[str, Any]) -> li
             res = None if m == agg.PRETRAINED else agg.inheritance_matrix(rows, layout, b, rc, m)
             if res is None:
                 continue
-            tasks, columns, acc, base = res
             w0 = wilson.get((b, rc, agg.PRETRAINED, None), {})
-            body = [[method_label(agg.PRETRAINED), *(_accuracy_cell(v, interval=w0.get(c)) for c, v in zip(columns, base))]]
-            for t, row in zip(tasks, acc):
+            body = [[m0_label(res.probed), *(_accuracy_cell(v, interval=None if c in res.probed else w0.get(c))
+                                             for c, v in zip(res.columns, res.base))]]
+            for t, row, ref in zip(res.tasks, res.acc, res.ref):
                 w = wilson.get((b, rc, m, t), {})
-                body.append([t, *(_accuracy_cell(a, a0, c == t, w.get(c)) for c, a, a0 in zip(columns, row, base))])
+                body.append([t, *(_accuracy_cell(a, a0, c == t, w.get(c)) for c, a, a0 in zip(res.columns, row, ref))])
             out.append(Table(f"{b} / {rc} / {m}: fine-tuned on (rows) → evaluated on (columns)",
-                             ["fine-tuned on", *columns], body, label_columns=1))
+                             ["fine-tuned on", *res.columns], body, label_columns=1,
+                             notes=[PROBE_NOTE] if res.probed else []))
     return out
+
+
+M0_PROBE_LABEL = "m0 (linear probe per task)"
+PROBE_NOTE = ("m0's head is over the pretraining domain's own classes, so on the tasks' label space m0 is measured "
+              "through a linear probe fitted on each task: its row shows, per column, the mean over the probes "
+              "fitted on the other tasks, and each task's row is compared with the probe fitted on that task "
+              "(the reference of the summary's ΔR).")
+
+
+def m0_label(probed: set[str] | None = None) -> str:
+    """How m0's one row is named: ``m0 (linear probe per task)`` when some of its columns are probes."""
+    return M0_PROBE_LABEL if probed else method_label(agg.PRETRAINED)
 
 
 def _accuracy_cell(acc: float, base: float = math.nan, own: bool = False,
@@ -184,18 +227,37 @@ def merged_table(rows: list[dict[str, Any]]) -> Table | None:
                  table_id="merged-table")
 
 
+TV_TOTAL, TV_BACKBONE = "task_vector_relative_norm", "task_vector_relative_norm_backbone"
+
+
 def diagnostics_table(rows: list[dict[str, Any]]) -> Table | None:
     """What changed inside the models (diagnose cells, ``catalogue.DIAGNOSTICS`` with data),
-    means ± sd over tasks and seeds."""
+    means ± sd over tasks and seeds. The task-vector norm: the backbone's part and the head's
+    beside it; the total (head included) only for models stored before the split."""
     summaries = agg.diagnostic_summaries(rows)
     if not summaries:
         return None
     present = {m for stats in summaries.values() for m in stats}
     metrics = [m for m in DIAGNOSTICS if m.name in present]
+    if not any(TV_TOTAL in stats and TV_BACKBONE not in stats for stats in summaries.values()):
+        metrics = [m for m in metrics if m.name != TV_TOTAL]  # every model has the split: the total is not shown
     body = [[str(b), str(rc), str(m), *(stat_cell(stats.get(d.name), d.unit, SD) for d in metrics)]
             for (b, rc, m), stats in summaries.items()]
     return Table("What changed inside the models (vs m0)",
                  ["backbone", "recipe", "method", *(d.header for d in metrics)], body, tooltips=["", "", "", *(d.guide for d in metrics)], table_id="diagnostics-table")
+
+
+def label_space_line(layout: dict[str, Any], quote: str = "") -> str:
+    """The header's sentence on a suite whose pretraining domain has its own classes (the layout
+    records ``pretrain_classes``, ``classes`` and ``class_map``); "" for a suite of one label
+    space. ``quote`` surrounds the domain's name (a backtick in Markdown)."""
+    if not layout.get("pretrain_classes"):
+        return ""
+    start = "the class map" if layout.get("class_map") else "a linear probe per task"
+    return (f"The pretraining domain {quote}{layout.get('pretrain')}{quote} has its own "
+            f"{len(layout['pretrain_classes'])} classes; tasks have {len(layout.get('classes') or [])} classes; "
+            f"the task heads start from {start}; P is measured through m0's own head, kept frozen in every adapted "
+            "model.")
 
 
 def backbone_names(spec: dict) -> list[str]:
