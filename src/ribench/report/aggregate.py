@@ -14,6 +14,10 @@ Row families (``core.rows``, docs/results.md):
 - method ``ANALYSIS``: predictors (otdd, logme, ...) per (backbone, recipe, task);
 - method ``"wise_ft"``, eval_set ``curve(alpha)``: WiSE-FT curve points;
 - eval_set ``attack(name, eps[, task])`` and ``transfer(name, eps)``, metric ``robust_acc``;
+  white-box attack rows also ``zero_grad_frac`` and ``masked`` (``masking_marks``);
+- method ``PRETRAINED``, eval_set ``probe(task, eval set)``: m0 with a linear probe fitted on
+  the task, on the tasks' label space of a suite whose pretraining domain has its own classes
+  (``probe_accuracy``, ``m0_row``; the reference of ``Inheritance.ref``);
 - eval_set ``DIAG_SUMMARY``, ``DIAG_LAYERS`` and ``diag(measure, sample)``: diagnostics;
 - task ``MERGED``: a model merged over every task;
 - eval_set ``train_epoch(epoch, run)``, metrics ``train_loss`` and ``val_acc``: training
