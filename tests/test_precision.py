@@ -299,3 +299,36 @@ def test_the_spec_fields_default_to_todays_path_and_are_validated():
                        ({"eval": {"max_per_set": 0}}, "eval.max_per_set")):
         with pytest.raises(ConfigError, match=field):
             parse_spec({**base, **bad})
+
+
+def test_features_diagnostics_and_analysis_run_under_the_cells_precision(tiny):
+    """Frozen features (lp, ncm, ranpac, the predictors) and diagnostics' layer outputs follow the
+    enclosing compute options: bf16 runs under autocast (float32 out, close to fp32), fp32 is
+    the plain pass; analysis and diagnose cells of a bf16 spec carry the precision in their key."""
+    from ribench.analysis.similarity import extract_features
+    from ribench.engine import parse_spec, plan
+    from ribench.methods.base import compute_features
+
+    torch.manual_seed(0)
+    model = create_model("cnn", num_classes=3, widths=(4, 8), features=16).eval()
+    split = tiny.tasks["t1"].test
+    plain = compute_features(model, "t", split)
+    with torch.inference_mode():
+        direct = model.features(split.images)
+    assert torch.equal(plain, direct)
+    seen = []
+    handle = model.head.register_forward_hook(lambda m, i, o: seen.append(i[0].dtype))
+    with compute_options(precision="bf16"):
+        low = compute_features(model, "t", split)
+        fs = extract_features(model, split)
+    handle.remove()
+    assert low.dtype == torch.float32 and fs.features.dtype == torch.float32
+    assert not torch.equal(low, plain) and torch.allclose(low, plain, rtol=0.05, atol=0.05)
+    assert seen and all(d == torch.bfloat16 for d in seen)  # the head ran on bf16 features
+    data = {"name": "p", "suite": "tiny", "backbones": ["mlp"], "methods": ["lp"], "seeds": [0], "device": "cpu",
+            "analysis": {"enabled": True}, "diagnostics": {"enabled": True}}
+    for precision, has in (("fp32", False), ("bf16", True)):
+        cells = plan(parse_spec({**data, "precision": precision}), ["t1", "t2"],
+                     {"name": "tiny", "version": "1", "data_seed": 0})
+        kinds = [c for c in cells if c.kind in ("analysis", "diagnose") and c.config.get("scope") != "tasks"]
+        assert kinds and all(("precision" in c.config) == has for c in kinds)

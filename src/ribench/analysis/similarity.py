@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError, DataError, UnknownNameError
+from ..core.runtime import autocast, current_compute
 from ..core.types import Split
 
 __all__ = [
@@ -265,13 +266,14 @@ def _device(model: nn.Module) -> torch.device:
 
 def extract_features(model, split: Split, batch_size: int = 256) -> FeatureSet:
     """Features and source-class probabilities of ``model`` (a ``ribench.models.Model``)
-    on every image of ``split``, in one batched pass under ``torch.inference_mode()``."""
+    on every image of ``split``, in one batched pass under ``torch.inference_mode()`` (and the
+    precision of the enclosing compute options, core.runtime; float32 out)."""
     device = _device(model)
     was_training = model.training
     model.eval()
     feats, probs = [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(current_compute().precision, device):
             for x, _ in split.batches(batch_size):
                 f = model.features(x.to(device, non_blocking=True))
                 feats.append(f.float().cpu())
@@ -332,7 +334,7 @@ def _layer_outputs(model: nn.Module, modules: dict[str, nn.Module], x: torch.Ten
     handles = [modules[n].register_forward_hook(hook(n)) for n in dict.fromkeys(layer_names)
                if n in modules and n not in ("features", "logits")]
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(current_compute().precision, _device(model)):
             f = model.features(x.to(_device(model), non_blocking=True))
             store["features"] = f.detach().to("cpu", torch.float64, copy=True)
             if any(n not in store for n in layer_names):  # the head and "logits"

@@ -47,6 +47,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ..core.errors import CheckpointError, ConfigError, DataError
+from ..core.runtime import autocast, current_compute
 from ..core.types import Split
 from ..methods.task_vectors import state_of, task_vector  # noqa: F401  (task_vector: part of this module's API)
 
@@ -175,7 +176,7 @@ def linear_path(model_a: nn.Module, model_b: nn.Module, data, alphas: int | Sequ
     model_a.eval()
     losses, errors = [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(current_compute().precision, device):
             for alpha in grid:
                 params = {k: (v + float(alpha) * delta[k] if k in delta else v) for k, v in start.items()}
                 loss_sum, wrong = 0.0, 0

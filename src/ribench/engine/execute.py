@@ -45,7 +45,8 @@ from ..core.errors import CheckpointError, RibenchError
 from ..core.registry import METHODS
 from ..core import rows as row_names
 from ..core.rows import SUMMARY
-from ..core.runtime import ComputeOptions, compute_options, derive_seed, fixed_threads, seed_everything
+from ..core.runtime import (ComputeOptions, compute_options, current_compute, derive_seed, fixed_threads,
+                            seed_everything)
 from ..core import resume, trainlog
 from ..core.timing import current as current_clock, measure, phase
 from ..core.types import Domain, Split, Suite
@@ -284,8 +285,10 @@ class Workspace:
         def features(model: Model, name: str, split: Split) -> torch.Tensor:
             if model is not pretrained:
                 return compute_features(model, name, split)
+            precision = current_compute().precision  # features under bf16/fp16 are other numbers
             key = hashlib.sha256(f"features|{pretrained_key}|{task}|{name}|{self.spec.eval.val_fraction}|"
-                                 f"{self.spec.data_seed}".encode()).hexdigest()
+                                 f"{self.spec.data_seed}{'' if precision == 'fp32' else '|' + precision}".encode()
+                                 ).hexdigest()
             if self.artifacts.has(key):
                 with phase("load"):
                     return self.artifacts.load(key)["features"].to(self.device)

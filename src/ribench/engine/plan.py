@@ -268,7 +268,7 @@ def diagnose_cells(spec: RunSpec, cells: list[Cell], task_names: list[str], suit
             continue
         lab = c.labels
         p = pretrained[(lab["backbone"], lab["recipe"])]
-        out.append(Cell.of("diagnose", {"suite": suite_id, "diagnostics": cfg, "scope": "model"},
+        out.append(Cell.of("diagnose", {"suite": suite_id, "diagnostics": cfg, "scope": "model", **compute_key(spec)},
                            {"pretrained": p, "model": c.key}, dict(lab), version=DIAGNOSE_VERSION))
         if lab.get("task") in task_names:
             groups.setdefault((lab["backbone"], lab["recipe"], lab["method"], lab.get("seed")), []).append(c)
@@ -345,7 +345,8 @@ def plan(spec: RunSpec, task_names: list[str], suite_id: dict[str, Any]) -> list
             cells += [p, e0]
             if spec.analysis.enabled:
                 for task in task_names:
-                    cells.append(Cell.of("analysis", {"task": task, "analysis": analysis}, {"pretrained": p.key},
+                    cells.append(Cell.of("analysis", {"task": task, "analysis": analysis, **compute_key(spec)},
+                                         {"pretrained": p.key},
                                          {**base, "method": rows.ANALYSIS, "task": task}, version=ANALYSIS_VERSION))
             index: dict[tuple, tuple[Cell, Cell]] = {}  # (label, task, seed) -> (adapt, evaluate)
             for seed in spec.seeds:

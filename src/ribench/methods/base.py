@@ -35,6 +35,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping, NamedTuple, Union
 import torch
 
 from ..core.errors import ConfigError
+from ..core.runtime import autocast, current_compute
 from ..core.types import Domain, Split
 from ..models.base import Model
 from ..models.training import Progress, no_progress
@@ -43,11 +44,12 @@ FeatureFn = Callable[[Model, str, Split], torch.Tensor]
 
 
 def compute_features(model: Model, name: str, split: Split, batch_size: int = 512) -> torch.Tensor:
-    """Uncached features [N, D] of ``split`` under ``model`` (float32, on the model's device)."""
+    """Uncached features [N, D] of ``split`` under ``model`` (float32, on the model's device), under
+    the precision of the enclosing compute options (core.runtime: autocast for bf16/fp16)."""
     device = next(model.parameters()).device
     model.eval()
-    with torch.inference_mode():
-        out = [model.features(x.to(device)) for x, _ in split.batches(batch_size)]
+    with torch.inference_mode(), autocast(current_compute().precision, device):
+        out = [model.features(x.to(device)).float() for x, _ in split.batches(batch_size)]
     return torch.cat(out).clone()
 
 
