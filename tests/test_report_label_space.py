@@ -20,7 +20,6 @@ from ribench.core.rows import PRETRAINED, SUMMARY, parse_attack, parse_probe
 from ribench.engine import parse_spec, run
 from ribench.report import aggregate as agg
 from ribench.report.leaderboard import MASKING_FIELD, leaderboard, leaderboard_entries, leaderboard_markdown
-from ribench.report.markdown import render_markdown
 from ribench.report.pipeline import write_reports
 from ribench.report.plots import build_plots
 from ribench.report.rundata import load_run

@@ -24,6 +24,7 @@ MISSING = "–"  # a cell without a value
 ONE_RUN = "n/a: one run"  # in place of an interval over a single (task, seed) run
 TOO_FEW = "too few to tell"  # in place of an interval and p-value that too few units cannot support
 M0_LABEL = "m0 (pretrained)"
+M0_PROBE_LABEL = "m0 (linear probe per task)"  # m0 where it is measured through a linear probe per task
 MASK_MARK = "†"  # after a robust accuracy whose attack rows are suspect of gradient masking
 OWN_TASK_MARK = "*"  # before an inheritance table's cell of the fine-tuning task itself
 

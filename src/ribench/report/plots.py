@@ -25,7 +25,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
 from . import aggregate as agg
-from .catalogue import MASK_MARK, method_label, predictor_title
+from .catalogue import M0_PROBE_LABEL, MASK_MARK, method_label, predictor_title
 from .prediction import correlation_text
 from ..core.rows import TRAIN_LOSS, VAL_ACC
 from .rundata import FIGURE_INDEX, FIGURES_DIR, RunData, load_run, read_figure_index
@@ -168,13 +168,15 @@ def radar_figure(run: RunData, backbone: str, recipe: str, colors: dict[str, str
     columns, values = agg.radar_values(run.rows, run.layout, backbone, recipe)
     if len(values) < 1 or len(columns) < 3:
         return None
+    probed = agg.m0_row(run.rows, run.layout, backbone, recipe)[1]
     angles = np.linspace(0, 2 * np.pi, len(columns), endpoint=False)
     fig = Figure(figsize=(5.6, 4.2), layout="constrained")
     ax = fig.add_subplot(projection="polar")
     for m, vals in values.items():
         v = np.array([_pct(x) for x in vals])
         closed_a, closed_v = np.append(angles, angles[0]), np.append(v, v[0])
-        ax.plot(closed_a, closed_v, color=colors.get(m, "#444444"), label=method_label(m), marker="o", markersize=3,
+        label = M0_PROBE_LABEL if m == agg.PRETRAINED and probed else method_label(m)
+        ax.plot(closed_a, closed_v, color=colors.get(m, "#444444"), label=label, marker="o", markersize=3,
                 **_style_for(m))
         if m != agg.PRETRAINED:
             ax.fill(closed_a, np.nan_to_num(closed_v), color=colors.get(m, "#444444"), alpha=0.06)

@@ -26,6 +26,7 @@ from . import aggregate as agg
 from . import catalogue
 from .catalogue import (
     DIAGNOSTICS,
+    M0_PROBE_LABEL,
     MASK_MARK,
     MISSING,
     ONE_RUN,
@@ -180,7 +181,6 @@ def inheritance_tables(rows: list[dict[str, Any]], layout: dict[str, Any]) -> li
     return out
 
 
-M0_PROBE_LABEL = "m0 (linear probe per task)"
 PROBE_NOTE = ("m0's head is over the pretraining domain's own classes, so on the tasks' label space m0 is measured "
               "through a linear probe fitted on each task: its row shows, per column, the mean over the probes "
               "fitted on the other tasks, and each task's row is compared with the probe fitted on that task "
