@@ -257,6 +257,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot write the run into {out}: {e.strerror or e}") from None
+    planned = [c.key for c in cells]  # the whole plan: what this folder's results are, whatever part runs now
     if opts.kinds is not None:
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))
@@ -266,7 +267,7 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
                                          "runner": opts.runner, "workers": str(opts.workers),
                                          "threads_per_cell": str(spec.threads),
                                          "precision": spec.precision, "compile": str(spec.compile),
-                                         "loader_workers": str(spec.loader_workers)})
+                                         "loader_workers": str(spec.loader_workers)}, planned)
     relabelled = store.relabel({c.key: c.labels for c in reversed(cells)})  # the first cell of a key wins
     ctx = WorkerContext(spec, str(out.resolve()), str(device))
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,11 @@ Tables:
 - ``metrics``: one row per (cell, eval_set, metric) with the cell's labels
   (backbone, recipe, method, task, seed) copied for easy querying. Summary numbers
   (id_acc, R, dR, dP, corr_acc, mCE...) are stored with ``eval_set = '*'``.
-- ``runs``: one row per `ribench run` invocation (spec and environment as JSON).
+- ``runs``: one row per `ribench run` invocation (spec and environment as JSON, and
+  ``planned``: the keys of every cell its spec plans, JSON). A folder's numbers are those of
+  the cells its latest run planned (``snapshot``): cells an earlier spec made stay stored,
+  reused when a spec plans them again, but never mix into the results of another spec
+  (two specs giving one label different hyperparameters, a changed pretraining budget).
 - ``claims``: which driver is running which cell, with a heartbeat, so two drivers on
   one output folder never run the same cell; a claim whose heartbeat is older than
   ``stale_after`` seconds, or whose process is gone (same host), is stale and may be
@@ -47,7 +51,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     eval_set TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (cell, eval_set, metric)
 );
-CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL, spec TEXT, env TEXT);
+CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL, spec TEXT, env TEXT,
+                                 planned TEXT);
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, owner TEXT NOT NULL, host TEXT, pid INTEGER,
                                    heartbeat REAL NOT NULL);
 """
@@ -107,13 +112,14 @@ class ResultsStore:
 
     def _migrate(self) -> None:
         """Add the columns later versions introduced to a store an older version wrote."""
-        have = {row[1] for row in self.conn.execute("PRAGMA table_info(cells)")}
-        if "failure" not in have:
-            try:
-                self.conn.execute("ALTER TABLE cells ADD COLUMN failure TEXT")
-            except sqlite3.OperationalError as e:  # another driver added it a moment ago
-                if "duplicate column" not in str(e).lower():
-                    raise
+        for table, column in (("cells", "failure"), ("runs", "planned")):
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                try:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+                except sqlite3.OperationalError as e:  # another driver added it a moment ago
+                    if "duplicate column" not in str(e).lower():
+                        raise
 
     def close(self) -> None:
         """Close the connection; an error closing it is not worth hiding the caller's own error for."""
@@ -122,9 +128,13 @@ class ResultsStore:
 
     # --- writing -------------------------------------------------------------
     @_guarded
-    def record_run(self, spec: Mapping[str, Any], env: Mapping[str, Any]) -> None:
-        self.conn.execute("INSERT INTO runs (started, spec, env) VALUES (?, ?, ?)",
-                          (time.time(), json.dumps(spec), json.dumps(env)))
+    def record_run(self, spec: Mapping[str, Any], env: Mapping[str, Any], planned: Iterable[str] | None = None
+                   ) -> None:
+        """Record a run: its spec, environment and the keys of every cell it plans (None: not
+        recorded, as by versions before the field; then every finished cell counts)."""
+        self.conn.execute("INSERT INTO runs (started, spec, env, planned) VALUES (?, ?, ?, ?)",
+                          (time.time(), json.dumps(spec), json.dumps(env),
+                           None if planned is None else json.dumps(sorted(set(planned)))))
 
     @_guarded
     def finish_cell(
@@ -303,16 +313,28 @@ class ResultsStore:
 
     @_guarded
     def last_run(self) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT spec, env, started FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        return {"spec": json.loads(row[0]), "env": json.loads(row[1]), "started": row[2]} if row else None
+        """The latest run: spec, env, started, and ``planned`` (a set of cell keys, or None)."""
+        row = self.conn.execute("SELECT spec, env, started, planned FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        if not row:
+            return None
+        planned = None if row[3] is None else set(json.loads(row[3]))
+        return {"spec": json.loads(row[0]), "env": json.loads(row[1]), "started": row[2], "planned": planned}
 
     @_guarded
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, planned_only: bool = True) -> dict[str, Any]:
         """``metric_rows()``, ``last_run()`` and ``cells()`` read in one read transaction, so
-        that they agree even while another process is recording cells (what a report reads)."""
+        that they agree even while another process is recording cells (what a report reads).
+        ``planned_only``: only the rows and cells of the cells the latest run planned (all, for
+        a store whose runs did not record their plan); ``unplanned`` counts the cells left out."""
         self.conn.execute("BEGIN")
         try:
-            return {"rows": self.metric_rows(), "run": self.last_run(), "cells": self.cells()}
+            run, rows, cells = self.last_run(), self.metric_rows(), self.cells()
+            planned = (run or {}).get("planned") if planned_only else None
+            if planned is None:
+                return {"rows": rows, "run": run, "cells": cells, "unplanned": 0}
+            kept = [c for c in cells if c["key"] in planned]
+            return {"rows": [r for r in rows if r["cell"] in planned], "run": run, "cells": kept,
+                    "unplanned": len(cells) - len(kept)}
         finally:
             with suppress(sqlite3.Error):
                 self.conn.execute("COMMIT")

@@ -1,0 +1,85 @@
+"""A folder's results are those of the cells its latest run planned: cells an earlier spec made
+stay stored as a cache, but never mix into another spec's numbers."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ribench.engine import parse_spec, run
+from ribench.engine.store import ResultsStore
+from ribench.report.rundata import load_run
+
+
+def _spec(epochs: int, methods=None):
+    return parse_spec({"name": "plans", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"],
+                       "methods": methods or [{"name": "ft", "label": "ft", "params": {"epochs": epochs}}],
+                       "seeds": [0], "device": "cpu", "pretrain": {"epochs": 1},
+                       "eval": {"val_fraction": 0.2, "pretrain_sample": 20}, "diagnostics": {"enabled": False},
+                       "analysis": {"enabled": False}})
+
+
+def _numbers(rows):
+    """Every stored number but wall times (which differ between two runs of one cell)."""
+    return sorted((repr(r["method"]), repr(r["task"]), r["eval_set"], r["metric"], r["value"]) for r in rows
+                  if "seconds" not in r["metric"])
+
+
+def _stored_cells(out):
+    con = sqlite3.connect(out / "results.sqlite")
+    try:
+        return con.execute("SELECT COUNT(*) FROM cells WHERE kind = 'adapt'").fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_a_second_spec_with_one_label_and_other_hyperparameters_does_not_mix(tmp_path):
+    alone = tmp_path / "alone"
+    run(_spec(2), alone, quiet=True)
+    shared = tmp_path / "shared"
+    run(_spec(1), shared, quiet=True)
+    run(_spec(2), shared, quiet=True)
+    assert _stored_cells(shared) == 4  # both specs' ft cells are kept (2 tasks each)
+    got = load_run(shared)
+    assert _numbers(got.rows) == _numbers(load_run(alone).rows)  # only the latest spec's numbers
+    ft_id = [r for r in got.rows if r["method"] == "ft" and r["eval_set"] == "*" and r["metric"] == "id_acc"]
+    assert len(ft_id) == 2  # one per task, not one per task and spec
+    # going back to the first spec reuses its cells and shows their numbers again
+    back = run(_spec(1), shared, quiet=True)
+    assert back.ran == 0
+    first = tmp_path / "first"
+    run(_spec(1), first, quiet=True)
+    assert _numbers(load_run(shared).rows) == _numbers(load_run(first).rows)
+
+
+def test_a_store_without_recorded_plans_shows_every_cell(tmp_path):
+    out = tmp_path / "old"
+    run(_spec(1), out, quiet=True)
+    run(_spec(2), out, quiet=True)
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("UPDATE runs SET planned = NULL")  # as a version before the plan was recorded wrote it
+    con.commit()
+    con.close()
+    store = ResultsStore(out / "results.sqlite")
+    try:
+        snap, every = store.snapshot(), store.snapshot(planned_only=False)
+    finally:
+        store.close()
+    assert snap["unplanned"] == 0 and len(snap["rows"]) == len(every["rows"])
+    ids = [r for r in snap["rows"] if r["method"] == "ft" and r["eval_set"] == "*" and r["metric"] == "id_acc"]
+    assert len(ids) == 4
+
+
+def test_an_old_store_gains_the_column(tmp_path):
+    path = tmp_path / "results.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started REAL, spec TEXT, env TEXT)")
+    con.execute("INSERT INTO runs (started, spec, env) VALUES (1, '{}', '{}')")
+    con.commit()
+    con.close()
+    store = ResultsStore(path)
+    try:
+        assert store.last_run()["planned"] is None
+        store.record_run({}, {}, ["b", "a"])
+        assert store.last_run()["planned"] == {"a", "b"}
+    finally:
+        store.close()
