@@ -83,3 +83,22 @@ def test_an_old_store_gains_the_column(tmp_path):
         assert store.last_run()["planned"] == {"a", "b"}
     finally:
         store.close()
+
+
+def test_the_python_api_reads_the_latest_plan_too(tmp_path):
+    import ribench
+
+    out = tmp_path / "api"
+    run(_spec(1), out, quiet=True)
+    run(_spec(2), out, quiet=True)
+    r = ribench.open(out)
+    assert len(r.models().query("method == 'ft'")) == 2  # not 4
+    params = set(r.results().query("method == 'ft'")["params"].dropna())
+    assert params and all('"epochs": 2' in p for p in params)
+    m = r.model(backbone="mlp", method="ft", task="t1", seed=0)
+    alone = tmp_path / "alone"
+    run(_spec(2), alone, quiet=True)
+    import torch
+
+    other = ribench.open(alone).model(backbone="mlp", method="ft", task="t1", seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), other.state_dict().values()))

@@ -294,11 +294,14 @@ class ResultsStore:
         return out
 
     @_guarded
-    def cell_configs(self, kind: str | None = None) -> dict[str, dict[str, Any]]:
-        """Key -> {kind, labels, config} as recorded, for every finished cell (of ``kind`` only, when given)."""
+    def cell_configs(self, kind: str | None = None, planned_only: bool = True) -> dict[str, dict[str, Any]]:
+        """Key -> {kind, labels, config} as recorded, for every finished cell (of ``kind`` only, when
+        given; ``planned_only``: of the latest run's plan, as ``snapshot``)."""
         q = "SELECT key, kind, labels, config FROM cells WHERE status = 'done'"
-        rows = self.conn.execute(q + (" AND kind = ?" if kind else ""), (kind,) if kind else ())
-        return {k: {"kind": kd, "labels": json.loads(lab), "config": json.loads(cfg)} for k, kd, lab, cfg in rows}
+        rows = self.conn.execute(q + (" AND kind = ?" if kind else ""), (kind,) if kind else ()).fetchall()
+        planned = (self.last_run() or {}).get("planned") if planned_only else None
+        return {k: {"kind": kd, "labels": json.loads(lab), "config": json.loads(cfg)} for k, kd, lab, cfg in rows
+                if planned is None or k in planned}
 
     @_guarded
     def metric_rows(self) -> list[dict[str, Any]]:
