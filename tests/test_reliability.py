@@ -32,7 +32,7 @@ from ribench.engine.artifacts import ArtifactStore
 from ribench.engine.executors import SerialExecutor, WorkerDeath, attribute_death, ray_token_available
 from ribench.engine.runner import MAX_WORKER_LOSSES, RunOptions
 from ribench.engine.store import ResultsStore
-from test_scaling import SPEC, _reset_ray_auth_cache, done_events
+from test_scaling import N_CELLS, SPEC, _reset_ray_auth_cache, done_events
 
 # pretrain, eval_pretrained, adapt, evaluate: the smallest grid with a dependency chain
 SMALL = {"name": "small", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"], "methods": ["lp"],
@@ -494,3 +494,35 @@ def test_a_fresh_worker_process_imports_the_engine_with_plugins_that_import_meth
     r = subprocess.run([sys.executable, "-c", "import ribench.engine.executors; from ribench.core.registry import "
                         "METHODS; assert 'kills_worker' in METHODS"], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("sig, code, says", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                             (signal.SIGINT, 130, "interrupted")])
+def test_a_stopped_run_says_why_keeps_its_finished_cells_and_resumes(tmp_path, sig, code, says):
+    """SIGTERM (a scheduler's stop) ends a run as Ctrl-C does: a one-line message, an exit code
+    that says which, no traceback, every finished cell kept; the next run does only the rest."""
+    out = tmp_path / "out"
+    (tmp_path / "spec.yaml").write_text(json.dumps(SPEC))
+    cmd = [sys.executable, "-m", "ribench.cli", "run", str(tmp_path / "spec.yaml"), "--out", str(out), "--quiet",
+           "--threads", "1"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(done_events(out) if (out / "events.jsonl").exists() else []) < 3:
+            if driver.poll() is not None:
+                pytest.fail(f"the run ended before it could be stopped: {driver.stderr.read()}")
+            time.sleep(0.05)
+        driver.send_signal(sig)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == code, err
+    assert says in err and "Traceback" not in err
+    kept = len(set(done_events(out)))
+    assert 3 <= kept < N_CELLS
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(set(done_events(out))) == N_CELLS
+    assert f"{kept} already done" in again.stderr + again.stdout
