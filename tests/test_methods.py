@@ -32,6 +32,11 @@ def make_ctx(tiny, task="t1", inputs=None, seed=0):
                         device=torch.device("cpu"), num_classes=3, inputs=inputs or {})
 
 
+# the methods ribench registers (not those other test modules register for their own tests,
+# whichever order the modules are collected in)
+BUILT_IN = [n for n in METHODS.names() if METHODS.get(n).__module__.startswith("ribench.")]
+
+
 def adapt(name, pretrained, tiny, task="t1", **params):
     method = METHODS.create(name, **params)
     inputs = {r: adapt(r, pretrained, tiny, task)[0] for r in method.requires}
@@ -39,7 +44,7 @@ def adapt(name, pretrained, tiny, task="t1", **params):
     return method.adapt(pretrained, tiny.tasks[task], ctx), ctx
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_every_method_adapts_without_touching_the_pretrained_model(name, pretrained, tiny):
     before = copy.deepcopy(pretrained.state_dict())
     model, ctx = adapt(name, pretrained, tiny)
@@ -52,7 +57,7 @@ def test_every_method_adapts_without_touching_the_pretrained_model(name, pretrai
     assert METHODS.get(name).__doc__
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_every_method_rejects_unknown_hyperparameters(name):
     with pytest.raises(ConfigError, match=rf"methods\.{name}\.params\.nonsense"):
         METHODS.create(name, nonsense=1)
