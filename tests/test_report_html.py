@@ -30,6 +30,7 @@ import pytest
 
 from ribench.engine import parse_spec, run
 from ribench.engine.store import ResultsStore
+from store_helpers import plan_also
 from ribench.report import aggregate as agg
 from ribench.report.html import write_html_report
 from ribench.report.markdown import write_report
@@ -92,6 +93,7 @@ def add_synthetic_rows(out: Path) -> None:
                                                             if k_.startswith("transfer/")]))
         store.finish_cell(f"synthetic-attack-{m}-{t}", "attack", {**lab, "method": m, "task": t, "seed": None if t is None else 0},
                           {}, now, {**rows, "*": summary})
+    plan_also(store, [c["key"] for c in store.cells() if c["key"].startswith("synthetic-")])
     store.close()
 
 
@@ -166,6 +168,7 @@ def test_markdown_links_the_png_figures(runs):
     s = ResultsStore(stale / "results.sqlite")
     s.finish_cell("one-more", "analysis", {"backbone": "mlp", "recipe": "narrow", "method": "analysis", "task": "t1"},
                   {}, time.time(), {"*": {"knn": 0.5}})
+    plan_also(s, ["one-more"])
     s.close()
     assert "figures/" not in write_report(stale).read_text()
 

@@ -148,6 +148,7 @@ def test_means_over_seeds_and_old_rows_show_no_interval(tiny_run, tmp_path):
 
     from ribench.engine.store import ResultsStore
     from ribench.report.markdown import render_markdown
+    from store_helpers import plan_also
 
     two = tmp_path / "two-seeds"
     shutil.copytree(tiny_run, two)
@@ -155,6 +156,7 @@ def test_means_over_seeds_and_old_rows_show_no_interval(tiny_run, tmp_path):
     store.finish_cell("second-seed", "evaluate", {"backbone": "mlp", "recipe": "narrow", "method": "ft", "task": "t1",
                                                   "seed": 1}, {}, time.time(),
                       {"t2": {"accuracy": 0.5, "acc_lo": 0.4, "acc_hi": 0.6, "n": 60.0}})
+    plan_also(store, ["second-seed"])
     store.close()
     table = _md_rows(render_markdown(load_run(two)), "mlp / narrow / ft: fine-tuned on (rows) → evaluated on (columns)")
     first = dict(_sql(tiny_run, "SELECT metric, value FROM metrics WHERE method = 'ft' AND task = 't1' AND eval_set = 't2' "
