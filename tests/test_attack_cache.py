@@ -296,3 +296,41 @@ def test_attack_rows_report_progress_through_every_attack_and_radius(tiny):
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert [w for _, w in seen] == ["pgd_linf: gradient checks", "pgd_linf eps=0.05, transfer",
                                     "pgd_linf eps=0.1, transfer", "fgsm: gradient checks", "fgsm eps=0.05"]
+
+
+def test_masking_checks_run_in_full_unless_the_robust_accuracy_is_already_about_zero(trained, tiny, monkeypatch):
+    """Checks 3-7 look for a robust accuracy overestimated by masking; at a robust accuracy of at
+    most MASKING_TOL they could only find less than their own slack, so only the cheap ones run."""
+    from ribench.evaluate.attacks import MASKING_TOL
+    from ribench.evaluate.attacks import evaluation
+
+    calls = []
+    real = evaluation.gradient_masking_checks
+
+    def spy(*args, **kw):
+        calls.append(kw.get("full", True))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(evaluation, "gradient_masking_checks", spy)
+    dom = tiny.tasks["t1"]
+    for eps, want_full in ((0.02, True), (1.0, False)):  # a small radius leaves images robust; the whole box none
+        a = {"name": "pgd_linf", "eps": [eps], "subset": 40, "transfer": False, "check_masking": True,
+             "params": {"steps": 5}}
+        report = attack_rows(trained, dom, [a], seed=0)
+        robust = report.rows[f"attack/pgd_linf/eps={eps:g}"]["robust_acc"]
+        assert (robust > MASKING_TOL) == want_full, robust
+        assert report.rows["masking/pgd_linf"]["full_checks"] == float(want_full)
+        assert calls[-1] is want_full
+    # the cheap checks still catch a model whose input gradients vanish
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(12 * 12, 3))
+
+        def forward(self, x):
+            x = x.float() / 255 if x.dtype == torch.uint8 else x
+            return (x.flatten(1) * 0) @ self.w
+
+    found = real(Flat(), dom.test.images[:20], dom.test.labels[:20], eps=1.0, full=False)
+    assert any("all-zero input gradient" in w for w in found)
+    assert real(trained, dom.test.images[:20], dom.test.labels[:20], eps=1.0, full=False) == []

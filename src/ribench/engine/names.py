@@ -37,7 +37,7 @@ from ..core.registry import CORRUPTIONS, ESTIMATORS, METHODS, MODELS, SUITES
 from ..models import external
 from ..models.pretrain import RECIPES
 from ..methods.base import Method
-from ..evaluate.attacks import autoattack_available, check_attack
+from ..evaluate.attacks import MASKING_VERSION, autoattack_available, check_attack, get_attack
 from ..analysis.transferability import list_estimators
 
 if TYPE_CHECKING:
@@ -240,7 +240,8 @@ def attack_configs(spec: "RunSpec") -> list[dict[str, Any]]:
             raise ConfigError(f"attacks[{i}].params", str(e)) from None
         except RibenchError as e:
             raise ConfigError(f"attacks[{i}].name", str(e)) from None
-        out.append({**a.model_dump(), **({"version": version} if version != "1" else {})})
+        masking = {"masking": MASKING_VERSION} if a.check_masking and get_attack(a.name).norm in ("linf", "l2") else {}
+        out.append({**a.model_dump(), **({"version": version} if version != "1" else {}), **masking})
     return out
 
 

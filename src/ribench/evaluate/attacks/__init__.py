@@ -35,12 +35,12 @@ from .autoattack import autoattack, autoattack_available
 from .blackbox import fraction_schedule, sparse_rs, square_linf
 from .checks import MASKED_ZERO_GRAD, gradient_masking_checks, zero_gradient_fraction
 from .common import margin
-from .evaluation import (AttackReport, ExampleCache, add_robust_deltas, attack_rows, check_attack, robust_summary,
-                         transfer_key)
+from .evaluation import (MASKING_TOL, MASKING_VERSION, AttackReport, ExampleCache, add_robust_deltas, attack_rows,
+                         check_attack, robust_summary, transfer_key)
 from .whitebox import apgd_ce, apgd_checkpoints, fgsm, pgd, pgd_l2, pgd_linf
 
 __all__ = [
-    "ATTACKS", "AttackReport", "ExampleCache", "MASKED_ZERO_GRAD", "AttackResult", "AttackSpec", "add_robust_deltas", "adversarial_examples", "apgd_ce",
+    "ATTACKS", "AttackReport", "ExampleCache", "MASKED_ZERO_GRAD", "MASKING_TOL", "MASKING_VERSION", "AttackResult", "AttackSpec", "add_robust_deltas", "adversarial_examples", "apgd_ce",
     "apgd_checkpoints", "attack_rows", "attack_subset", "autoattack", "autoattack_available", "check_attack", "fgsm",
     "fraction_schedule", "get_attack", "gradient_masking_checks", "list_attacks", "margin", "pgd", "pgd_l2",
     "pgd_linf", "robust_accuracy", "robust_summary", "sparse_rs", "square_linf", "transfer_accuracy", "transfer_attack",
