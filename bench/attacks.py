@@ -22,6 +22,10 @@ and each evaluate cell only reads them. Measured here, in one run:
 
 Reported: seconds per model of the transfer part (total minus white-box) before and after,
 and of the whole attack evaluation; ``ratio`` = transfer seconds before / after (target >= 3).
+Then the same with the gradient-masking checks on (``check_masking = true``, the default) at
+each radius of ``--masking-eps`` (0.05 0.2): before = crafted on m0 every time and all seven
+checks for every model (the old path), after = the cache and the checks as they run now (the
+cheap ones only where the robust accuracy is already at most ``MASKING_TOL``).
 The stored numbers must agree: cached and crafted transfer robust accuracy are asserted
 bit-identical for every model.
 
@@ -43,7 +47,7 @@ import torch.nn.functional as F
 from ribench.core import Domain, InputSpec, Split
 from ribench.engine.artifacts import ArtifactStore
 from ribench.engine.execute import TransferCache
-from ribench.evaluate.attacks import attack_rows
+from ribench.evaluate.attacks import attack_rows, evaluation
 from ribench.models import create_model
 from ribench.models.training import TrainConfig, train_classifier
 
@@ -82,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--subset", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--masking-eps", type=float, nargs="*", default=[0.05, 0.2])
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -126,6 +131,23 @@ def main(argv: list[str] | None = None) -> int:
                          ("white", lambda: attack_rows(m, task, [white], seed=0))]
                 for name, fn in sides[::1 if rep % 2 == 0 else -1]:
                     best[name][i] = min(best[name][i], timed(fn))
+        masked = {}
+        for eps in a.masking_eps:  # the whole attack evaluation with the masking checks on
+            on = {**pgd, "eps": [eps], "check_masking": True}
+            attack_rows(m0, task, [on], seed=0, task="noisy", cache=TransferCache(store), source_key="m0")
+            old_tol, old, new, robust = evaluation.MASKING_TOL, [], [], []
+            for m in adapted:
+                evaluation.MASKING_TOL = -1.0  # every check for every model, as before
+                try:
+                    old.append(timed(lambda: attack_rows(m, task, [on], seed=0, source=m0)))
+                finally:
+                    evaluation.MASKING_TOL = old_tol
+                rows = {}
+                new.append(timed(lambda: rows.update(attack_rows(m, task, [on], seed=0, source=m0,
+                                                                 cache=TransferCache(store), source_key="m0").rows)))
+                robust.append(rows[f"attack/pgd_linf/eps={eps:g}"]["robust_acc"])
+            masked[eps] = {"before": sum(old) / len(old), "after": sum(new) / len(new),
+                           "robust_acc_mean": sum(robust) / len(robust)}
     per = {k: sum(v) / len(v) for k, v in best.items()}
     tr_before, tr_after = per["before"] - per["white"], max(per["after"] - per["white"], 1e-6)
     ratio = tr_before / tr_after
@@ -136,13 +158,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'transfer part':<28} {tr_before:>8.3f} {tr_after:>8.3f} {ratio:>7.1f}")
     print(f"{'whole attack evaluation':<28} {per['before']:>8.3f} {per['after']:>8.3f} {total_ratio:>7.2f}")
     print(f"white-box part (unchanged): {per['white']:.3f} s per model")
+    for eps, m in masked.items():
+        print(f"with masking checks, eps {eps:g} (adapted models' robust accuracy {100 * m['robust_acc_mean']:.1f}%): "
+              f"{m['before']:.3f} s -> {m['after']:.3f} s per model, ratio {m['before'] / m['after']:.2f}")
     print(f"ratio transfer before / after: {ratio:.1f} (target >= 3)")
     print(json.dumps({"metric": "transfer_attack_seconds_ratio_recraft_vs_cached (digits 16px, cnn, pgd_linf)",
                       "value": round(ratio, 2), "reference": 1.0, "ratio": round(ratio, 2), "target": 3.0,
                       "models": a.models, "steps": a.steps, "subset": a.subset,
                       "transfer_seconds_before": round(tr_before, 4), "transfer_seconds_after": round(tr_after, 4),
                       "attack_seconds_before": round(per["before"], 4), "attack_seconds_after": round(per["after"], 4),
-                      "whole_ratio": round(total_ratio, 3), "threads": torch.get_num_threads()}))
+                      "whole_ratio": round(total_ratio, 3), "threads": torch.get_num_threads(),
+                      "with_masking_checks": {f"{e:g}": {"before": round(m["before"], 4), "after": round(m["after"], 4),
+                                                         "ratio": round(m["before"] / m["after"], 3),
+                                                         "robust_acc": round(m["robust_acc_mean"], 4)}
+                                              for e, m in masked.items()}}))
     return 0
 
 
