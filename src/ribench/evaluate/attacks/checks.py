@@ -151,8 +151,8 @@ def gradient_masking_checks(
     7. the black-box Square attack (``queries``) is not stronger than PGD. For L2 it runs
        in the Linf ball of radius eps / sqrt(d), which lies inside the L2 ball.
 
-    ``full`` False runs checks 1 and 2 only (one forward and backward pass): for a robust
-    accuracy already at most ``tol``, which checks 3 to 7 could only find overestimated by
+    ``full`` False runs checks 1 and 2 only (one forward and backward pass): for robust
+    accuracies already at most ``tol`` at every radius reported, which checks 3 to 7 could only find overestimated by
     less than their own slack (``evaluation.attack_rows`` decides).
     """
     eps = check_eps("gradient_masking_checks", eps)
