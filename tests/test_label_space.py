@@ -35,24 +35,24 @@ def _spec(suite: str, methods, **over):
     return parse_spec(data)
 
 
-def _rows(out) -> dict[tuple, float]:
+def _query(out, sql: str) -> list[tuple]:
     con = sqlite3.connect(out / "results.sqlite")
     try:
-        got = con.execute("SELECT method, task, eval_set, metric, value FROM metrics").fetchall()
+        return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def _rows(out) -> dict[tuple, float]:
+    got = _query(out, "SELECT method, task, eval_set, metric, value FROM metrics")
     return {(m, t, e, k): v for m, t, e, k, v in got}
 
 
 def _models(out) -> dict[tuple, object]:
     """(method, task) -> the stored model of each finished model cell (by the artifacts' metadata)."""
-    con = sqlite3.connect(out / "results.sqlite")
-    try:
-        cells = con.execute("SELECT key, kind, labels FROM cells WHERE status = 'done'").fetchall()
-    finally:
-        con.close()
     import json
 
+    cells = _query(out, "SELECT key, kind, labels FROM cells WHERE status = 'done'")
     found = {}
     for key, kind, labels in cells:
         lab = json.loads(labels)
@@ -228,7 +228,5 @@ def test_outside_checkpoint_whose_head_has_the_pretraining_classes(tmp_path):
     bad.pop("weights")
     outcome = run(_spec("tiny_ls", ["lp"], backbones=[bad]), tmp_path / "bad", quiet=True)
     assert outcome.failed
-    con = sqlite3.connect(tmp_path / "bad" / "results.sqlite")
-    errors = [e for (e,) in con.execute("SELECT error FROM cells WHERE status = 'failed'")]
-    con.close()
+    errors = [e for (e,) in _query(tmp_path / "bad", "SELECT error FROM cells WHERE status = 'failed'")]
     assert any("3" in e and "4" in e and "class" in e for e in errors), errors
