@@ -280,6 +280,8 @@ def test_data_show_takes_a_suite_file_and_a_run_spec(colour_tree, capsys):
     bad.write_text('[suite]\nclasses = ["a"]\nbogus = 1\n')
     assert main(["data", "show", str(bad)]) == 2
     assert "suite.bogus" in capsys.readouterr().err
+    assert main(["data", "show", str(colour_tree / "missing.toml")]) == 2
+    assert "missing.toml: no such file" in capsys.readouterr().err
 
 
 def test_builtin_streaming_domain_is_converted_batch_by_batch(colour_tree, monkeypatch):

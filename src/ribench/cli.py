@@ -342,6 +342,10 @@ def _show_suite(name: str, data_seed: int | None):
 
     path = Path(name).expanduser()
     if not path.is_file():
+        if path.suffix in (".toml", ".yaml", ".yml") or "/" in name:
+            from .core.errors import DataError
+
+            raise DataError(f"{name}: no such file (give a registered suite, a user suite's TOML file or a run spec)")
         return build_suite(name, seed=data_seed or 0)
     if path.suffix == ".toml" and isinstance(tomllib.loads(path.read_text()).get("suite"), dict):
         return build_suite(name, seed=data_seed or 0, suite_file=str(path))
