@@ -1,5 +1,6 @@
-"""A folder's results are those of the cells its latest run planned: cells an earlier spec made
-stay stored as a cache, but never mix into another spec's numbers."""
+"""A folder's results are the cells its runs planned that no later plan replaced: specs run one
+after another add up, cells an earlier spec made under a label a later one redefines (or that
+rest on such a cell) stay stored as a cache but never mix into the numbers."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from ribench.engine.store import ResultsStore
 from ribench.report.rundata import load_run
 
 
-def _spec(epochs: int, methods=None):
+def _spec(epochs: int, methods=None, seeds=(0,), pretrain_epochs: int = 1):
     return parse_spec({"name": "plans", "suite": "tiny", "backbones": ["mlp"], "recipes": ["narrow"],
                        "methods": methods or [{"name": "ft", "label": "ft", "params": {"epochs": epochs}}],
-                       "seeds": [0], "device": "cpu", "pretrain": {"epochs": 1},
+                       "seeds": list(seeds), "device": "cpu", "pretrain": {"epochs": pretrain_epochs},
                        "eval": {"val_fraction": 0.2, "pretrain_sample": 20}, "diagnostics": {"enabled": False},
                        "analysis": {"enabled": False}})
 
@@ -80,7 +81,7 @@ def test_an_old_store_gains_the_column(tmp_path):
     try:
         assert store.last_run()["planned"] is None
         store.record_run({}, {}, ["b", "a"])
-        assert store.last_run()["planned"] == {"a", "b"}
+        assert set(store.last_run()["planned"]) == {"a", "b"} and store.shown_keys() == {"a", "b"}
     finally:
         store.close()
 
@@ -102,3 +103,25 @@ def test_the_python_api_reads_the_latest_plan_too(tmp_path):
 
     other = ribench.open(alone).model(backbone="mlp", method="ft", task="t1", seed=0)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), other.state_dict().values()))
+
+
+def test_specs_run_one_after_another_add_up(tmp_path):
+    """A second spec with another method (the findings' WiSE-FT and rich specs after the main grid)
+    adds its cells to the folder's results; the first spec's stay."""
+    both = tmp_path / "both"
+    run(_spec(1), both, quiet=True)
+    run(_spec(1, methods=[{"name": "ft", "label": "ft", "params": {"epochs": 1}}, "lp"]), tmp_path / "ref", quiet=True)
+    run(_spec(1, methods=["lp"]), both, quiet=True)
+    assert _numbers(load_run(both).rows) == _numbers(load_run(tmp_path / "ref").rows)
+
+
+def test_cells_resting_on_a_replaced_model_are_left_out(tmp_path):
+    """A changed pretraining budget replaces m0: the earlier spec's models of other seeds rest on the
+    old m0, so they leave the results too, though no later cell has their labels."""
+    out = tmp_path / "out"
+    run(_spec(1, seeds=(0, 1)), out, quiet=True)
+    run(_spec(1, seeds=(0,), pretrain_epochs=2), out, quiet=True)
+    run(_spec(1, seeds=(0,), pretrain_epochs=2), tmp_path / "alone", quiet=True)
+    got = load_run(out)
+    assert {r["seed"] for r in got.rows if r["method"] == "ft"} == {0}
+    assert _numbers(got.rows) == _numbers(load_run(tmp_path / "alone").rows)

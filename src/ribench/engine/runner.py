@@ -257,7 +257,8 @@ def run(spec: RunSpec, out_dir: str | Path, quiet: bool = False, options: RunOpt
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot write the run into {out}: {e.strerror or e}") from None
-    planned = [c.key for c in cells]  # the whole plan: what this folder's results are, whatever part runs now
+    # the whole plan, whatever part runs now: what this folder's results are made of (store.shown_keys)
+    planned = {c.key: {"kind": c.kind, "labels": c.labels, "deps": list(c.deps)} for c in cells}
     if opts.kinds is not None:
         cells = [c for c in cells if c.kind in opts.kinds]
     (out / "spec.json").write_text(json.dumps(spec.model_dump(), indent=2))

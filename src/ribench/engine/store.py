@@ -9,10 +9,14 @@ Tables:
   (backbone, recipe, method, task, seed) copied for easy querying. Summary numbers
   (id_acc, R, dR, dP, corr_acc, mCE...) are stored with ``eval_set = '*'``.
 - ``runs``: one row per `ribench run` invocation (spec and environment as JSON, and
-  ``planned``: the keys of every cell its spec plans, JSON). A folder's numbers are those of
-  the cells its latest run planned (``snapshot``): cells an earlier spec made stay stored,
-  reused when a spec plans them again, but never mix into the results of another spec
-  (two specs giving one label different hyperparameters, a changed pretraining budget).
+  ``planned``: every cell its spec plans, key -> kind, labels and the keys of its inputs,
+  JSON). A folder's numbers are those of the cells ``shown_keys`` picks: every cell of the
+  latest run's plan, and the cells of earlier plans that no later plan replaced, so that
+  specs run one after the other into one folder add up (a second spec with other methods,
+  tasks or recipes) while nothing mixes: an earlier cell is left out when a later plan has
+  a cell of its kind and labels (one label given other hyperparameters), and so is every
+  earlier cell that rests on a left-out one (the models of a pretrained model whose
+  pretraining changed). Left-out cells stay stored, reused when a spec plans them again.
 - ``claims``: which driver is running which cell, with a heartbeat, so two drivers on
   one output folder never run the same cell; a claim whose heartbeat is older than
   ``stale_after`` seconds, or whose process is gone (same host), is stale and may be
@@ -128,13 +132,43 @@ class ResultsStore:
 
     # --- writing -------------------------------------------------------------
     @_guarded
-    def record_run(self, spec: Mapping[str, Any], env: Mapping[str, Any], planned: Iterable[str] | None = None
-                   ) -> None:
-        """Record a run: its spec, environment and the keys of every cell it plans (None: not
-        recorded, as by versions before the field; then every finished cell counts)."""
+    def record_run(self, spec: Mapping[str, Any], env: Mapping[str, Any],
+                   planned: Mapping[str, Mapping[str, Any]] | Iterable[str] | None = None) -> None:
+        """Record a run: its spec, environment and every cell it plans, in the plan's order: key ->
+        ``{"kind", "labels", "deps"}`` (bare keys: cells that replace nothing and rest on
+        nothing). None: not recorded, as by versions before the field."""
+        if planned is not None and not isinstance(planned, Mapping):
+            planned = {k: {} for k in planned}
         self.conn.execute("INSERT INTO runs (started, spec, env, planned) VALUES (?, ?, ?, ?)",
                           (time.time(), json.dumps(spec), json.dumps(env),
-                           None if planned is None else json.dumps(sorted(set(planned)))))
+                           None if planned is None else json.dumps(dict(planned), default=str)))
+
+    @_guarded
+    def shown_keys(self) -> set[str] | None:
+        """The cells a folder's results are made of (module docstring), or None for every cell
+        (the latest run recorded no plan: a store of an earlier version). Earlier runs that
+        recorded none add nothing."""
+        plans = [json.loads(p) if p is not None else None
+                 for (p,) in self.conn.execute("SELECT planned FROM runs ORDER BY id DESC")]
+        if not plans or plans[0] is None:
+            return None
+        shown: set[str] = set()
+        claimed: set[str] = set()  # kind and labels of the cells shown
+        for i, plan in enumerate(plans):
+            if plan is None:
+                continue
+            if isinstance(plan, list):  # bare keys
+                plan = {k: {} for k in plan}
+            for key, c in plan.items():
+                ident = json.dumps([c.get("kind"), c.get("labels")], sort_keys=True) if c.get("kind") else None
+                if key in shown:
+                    continue
+                if i and ((ident is not None and ident in claimed) or not all(d in shown for d in c.get("deps", ()))):
+                    continue
+                shown.add(key)
+                if ident is not None:
+                    claimed.add(ident)
+        return shown
 
     @_guarded
     def finish_cell(
@@ -296,10 +330,10 @@ class ResultsStore:
     @_guarded
     def cell_configs(self, kind: str | None = None, planned_only: bool = True) -> dict[str, dict[str, Any]]:
         """Key -> {kind, labels, config} as recorded, for every finished cell (of ``kind`` only, when
-        given; ``planned_only``: of the latest run's plan, as ``snapshot``)."""
+        given; ``planned_only``: of the cells ``shown_keys`` picks, as ``snapshot``)."""
         q = "SELECT key, kind, labels, config FROM cells WHERE status = 'done'"
         rows = self.conn.execute(q + (" AND kind = ?" if kind else ""), (kind,) if kind else ()).fetchall()
-        planned = (self.last_run() or {}).get("planned") if planned_only else None
+        planned = self.shown_keys() if planned_only else None
         return {k: {"kind": kd, "labels": json.loads(lab), "config": json.loads(cfg)} for k, kd, lab, cfg in rows
                 if planned is None or k in planned}
 
@@ -316,23 +350,26 @@ class ResultsStore:
 
     @_guarded
     def last_run(self) -> dict[str, Any] | None:
-        """The latest run: spec, env, started, and ``planned`` (a set of cell keys, or None)."""
+        """The latest run: spec, env, started, and ``planned`` (its plan: key -> kind, labels, deps;
+        None when it recorded none)."""
         row = self.conn.execute("SELECT spec, env, started, planned FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         if not row:
             return None
-        planned = None if row[3] is None else set(json.loads(row[3]))
+        planned = None if row[3] is None else json.loads(row[3])
+        if isinstance(planned, list):
+            planned = {k: {} for k in planned}
         return {"spec": json.loads(row[0]), "env": json.loads(row[1]), "started": row[2], "planned": planned}
 
     @_guarded
     def snapshot(self, planned_only: bool = True) -> dict[str, Any]:
         """``metric_rows()``, ``last_run()`` and ``cells()`` read in one read transaction, so
         that they agree even while another process is recording cells (what a report reads).
-        ``planned_only``: only the rows and cells of the cells the latest run planned (all, for
-        a store whose runs did not record their plan); ``unplanned`` counts the cells left out."""
+        ``planned_only``: only the rows and cells of the cells ``shown_keys`` picks (all, for a
+        store whose runs did not record their plan); ``unplanned`` counts the cells left out."""
         self.conn.execute("BEGIN")
         try:
             run, rows, cells = self.last_run(), self.metric_rows(), self.cells()
-            planned = (run or {}).get("planned") if planned_only else None
+            planned = self.shown_keys() if planned_only else None
             if planned is None:
                 return {"rows": rows, "run": run, "cells": cells, "unplanned": 0}
             kept = [c for c in cells if c["key"] in planned]
