@@ -125,3 +125,15 @@ def test_cells_resting_on_a_replaced_model_are_left_out(tmp_path):
     got = load_run(out)
     assert {r["seed"] for r in got.rows if r["method"] == "ft"} == {0}
     assert _numbers(got.rows) == _numbers(load_run(tmp_path / "alone").rows)
+
+
+def test_a_folder_of_an_earlier_version_keeps_its_cells_when_a_new_spec_is_added(tmp_path):
+    out = tmp_path / "old"
+    run(_spec(1), out, quiet=True)
+    con = sqlite3.connect(out / "results.sqlite")
+    con.execute("UPDATE runs SET planned = NULL")  # written before plans were recorded
+    con.commit()
+    con.close()
+    run(_spec(1, methods=["lp"]), out, quiet=True)
+    run(_spec(1, methods=[{"name": "ft", "label": "ft", "params": {"epochs": 1}}, "lp"]), tmp_path / "ref", quiet=True)
+    assert _numbers(load_run(out).rows) == _numbers(load_run(tmp_path / "ref").rows)

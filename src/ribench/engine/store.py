@@ -147,16 +147,22 @@ class ResultsStore:
     def shown_keys(self) -> set[str] | None:
         """The cells a folder's results are made of (module docstring), or None for every cell
         (the latest run recorded no plan: a store of an earlier version). Earlier runs that
-        recorded none add nothing."""
+        recorded none stand for every stored cell, with no inputs known: those whose kind and
+        labels no later plan has are kept."""
         plans = [json.loads(p) if p is not None else None
                  for (p,) in self.conn.execute("SELECT planned FROM runs ORDER BY id DESC")]
         if not plans or plans[0] is None:
             return None
         shown: set[str] = set()
         claimed: set[str] = set()  # kind and labels of the cells shown
+        legacy_done = False
         for i, plan in enumerate(plans):
             if plan is None:
-                continue
+                if legacy_done:
+                    continue
+                legacy_done = True
+                plan = {k: {"kind": kind, "labels": json.loads(lab)} for k, kind, lab in self.conn.execute(
+                    "SELECT key, kind, labels FROM cells WHERE status = 'done' ORDER BY finished")}
             if isinstance(plan, list):  # bare keys
                 plan = {k: {} for k in plan}
             for key, c in plan.items():
